@@ -1,0 +1,159 @@
+"""Atomic training checkpoints and exact resume.
+
+A checkpoint holds everything a run needs to continue exactly where it stopped: model,
+optimizer, LR scheduler, AMP grad scaler, the Python / NumPy / torch (CPU and CUDA) RNG
+states, the epoch and the global iteration, plus a fingerprint of the configuration that
+produced it. Files are written to a temporary name in the same directory, flushed to disk
+and renamed over the target, so a kill at any moment leaves either the old or the new
+file, never a truncated one.
+
+Layout of ``checkpoints/<model>/``::
+
+    epoch_0001.pth ...   full training state after each epoch (the newest few are kept)
+    latest.json          {"file": "epoch_0003.pth", "epoch": 3, "iteration": 750, "fingerprint": ...}
+    model_final.pth      weights + model config + label mapping, written when training ends
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def config_fingerprint(cfg: dict[str, Any]) -> str:
+    """A stable hash of a JSON-serialisable configuration (resume only under the same one)."""
+    blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every RNG the training loop draws from."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Saves and finds the training checkpoints of one model in ``directory``."""
+
+    def __init__(self, directory: Path, keep_last: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep_last = max(1, int(keep_last))
+
+    @property
+    def latest_file(self) -> Path:
+        return self.directory / "latest.json"
+
+    @property
+    def final_file(self) -> Path:
+        return self.directory / "model_final.pth"
+
+    def latest(self) -> dict[str, Any] | None:
+        """The record of the newest complete checkpoint, or None when there is none."""
+        if not self.latest_file.exists():
+            return None
+        try:
+            record = json.loads(self.latest_file.read_text())
+        except json.JSONDecodeError as e:
+            raise RuntimeError(f"{self.latest_file}: unreadable checkpoint index ({e})") from e
+        if not (self.directory / record["file"]).exists():
+            raise RuntimeError(
+                f"{self.latest_file} names {record['file']}, which is missing from {self.directory}"
+            )
+        return record
+
+    def save(self, state: dict[str, Any], epoch: int, iteration: int, fingerprint: str) -> Path:
+        """Write ``state`` as the checkpoint of ``epoch`` and point latest.json at it."""
+        name = f"epoch_{epoch:04d}.pth"
+        path = self.directory / name
+        atomic_torch_save(state, path)
+        record = {"file": name, "epoch": epoch, "iteration": iteration, "fingerprint": fingerprint}
+        atomic_write_text(self.latest_file, json.dumps(record, indent=2) + "\n")
+        self._prune(keep=name)
+        return path
+
+    def load(self, record: dict[str, Any], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        path = self.directory / record["file"]
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:  # a corrupt file is reported, never silently replaced
+            raise RuntimeError(f"{path}: cannot load checkpoint ({e})") from e
+
+    def set_aside(self, reason: str) -> Path | None:
+        """Move the current checkpoints to ``previous/`` (keeping one generation) before a fresh start."""
+        files = [p for p in self.directory.glob("*") if p.is_file()]
+        if not files:
+            return None
+        prev = self.directory / "previous"
+        if prev.exists():
+            for p in prev.glob("*"):
+                p.unlink()
+        prev.mkdir(parents=True, exist_ok=True)
+        for p in files:
+            os.replace(p, prev / p.name)
+        (prev / "REASON.txt").write_text(reason + "\n")
+        return prev
+
+    def _prune(self, keep: str) -> None:
+        epochs = sorted(self.directory.glob("epoch_*.pth"))
+        for p in epochs[: -self.keep_last]:
+            if p.name != keep:
+                p.unlink()

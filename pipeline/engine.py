@@ -1,0 +1,380 @@
+"""The training loop: SGD with linear warmup and step decay, gradient clipping, AMP on
+CUDA, DDP, per-epoch atomic checkpoints and exact resume.
+
+Exactness of resume: all randomness is either drawn from the global RNGs (model init,
+proposal sampling, DataLoader seeds), whose states are checkpointed at each epoch end, or
+derived from ``(seed, epoch, index)`` inside the dataset and the batch sampler. A run
+that is killed and resumed from its last epoch checkpoint therefore repeats the lost
+iterations exactly and ends with the same parameters as an uninterrupted run (on CPU;
+CUDA kernels may be non-deterministic).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline import distributed
+from pipeline.checkpoint import CheckpointManager, atomic_write_text, config_fingerprint, rng_state, set_rng_state
+from pipeline.tracking import Tracker
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` uses this process's local rank."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+class WarmupStepSchedule:
+    """LR factor at a global iteration: linear warmup, then ×gamma at each step.
+
+    ``factor(it) = gamma ** #{s in steps : it >= s} * w(it)`` where the warmup term is
+    ``w(it) = ratio + (1 - ratio) * it / warmup_iters`` for ``it < warmup_iters`` and 1
+    afterwards (mmdetection's linear warmup). Steps are given in epochs (fractions
+    allowed) and converted to iterations with ``iters_per_epoch``.
+    """
+
+    def __init__(
+        self,
+        iters_per_epoch: int,
+        lr_steps: list[float],
+        gamma: float,
+        warmup_iters: int,
+        warmup_ratio: float,
+    ) -> None:
+        self.step_iters = [int(round(s * iters_per_epoch)) for s in lr_steps]
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+
+    def __call__(self, it: int) -> float:
+        factor = self.gamma ** sum(it >= s for s in self.step_iters)
+        if self.warmup_iters > 0 and it < self.warmup_iters:
+            factor *= self.warmup_ratio + (1.0 - self.warmup_ratio) * it / self.warmup_iters
+        return factor
+
+
+def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [
+        {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+        for t in targets
+    ]
+
+
+@dataclass
+class TrainResult:
+    """Summary written to ``metrics/<model>/train.json``."""
+
+    iterations: int
+    epochs: int
+    final_losses: dict[str, float]
+    seconds: float
+    seconds_per_iter: float
+    resumed_from_epoch: int
+    world_size: int
+    device: str
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "iterations": self.iterations,
+            "epochs": self.epochs,
+            "final_losses": {k: round(v, 6) for k, v in self.final_losses.items()},
+            "seconds_per_iter": round(self.seconds_per_iter, 4),
+            "world_size": self.world_size,
+            "device": self.device,
+        }
+
+
+class Trainer:
+    """Trains one detector on one dataset.
+
+    Args:
+        model: the detector; ``model(images, image_sizes, targets)`` returns a dict of
+            losses in training mode (keys starting with ``loss`` are summed).
+        dataset: training dataset with ``set_epoch(epoch)`` and ``aspect_ratios()``.
+        batch_sampler: yields lists of dataset indices; has ``set_epoch`` and ``__len__``
+            (batches per rank per epoch).
+        collate_fn: turns a list of samples into ``(images, image_sizes, targets)``.
+        schedule: preset ``schedule`` section (lr, momentum, weight_decay, warmup_iters,
+            warmup_ratio, lr_steps (epochs), gamma, grad_clip, epochs).
+        checkpoints: where epoch checkpoints go.
+        fingerprint: hash of everything that defines the run; resume only when equal.
+        device: torch device of this rank.
+        amp: use autocast + GradScaler (CUDA only; ignored on CPU).
+        num_workers: DataLoader workers.
+        log_interval: iterations between progress-bar and console updates.
+        tracker: MLflow tracker (per-iteration losses and lr are logged to it).
+        dist_info: rank / world size.
+        stop_at_iteration: stop (as if killed) before this global iteration; for tests.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset,
+        batch_sampler,
+        collate_fn: Callable,
+        schedule: dict[str, Any],
+        checkpoints: CheckpointManager,
+        fingerprint: str,
+        device: torch.device,
+        amp: bool = True,
+        num_workers: int = 0,
+        log_interval: int = 20,
+        tracker: Tracker | None = None,
+        dist_info: distributed.DistInfo = distributed.DistInfo(),
+        stop_at_iteration: int | None = None,
+        find_unused_parameters: bool = False,
+    ) -> None:
+        self.device = device
+        self.dist = dist_info
+        self.model = model.to(device)
+        if dist_info.distributed:
+            self.ddp_model: torch.nn.Module = DistributedDataParallel(
+                self.model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+        else:
+            self.ddp_model = self.model
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.collate_fn = collate_fn
+        self.schedule = schedule
+        self.epochs = int(schedule["epochs"])
+        self.iters_per_epoch = len(batch_sampler)
+        if self.iters_per_epoch == 0:
+            raise RuntimeError("the training set yields no batch: is the train split empty?")
+        self.max_iters = self.epochs * self.iters_per_epoch
+        self.checkpoints = checkpoints
+        self.fingerprint = fingerprint
+        self.amp = bool(amp) and device.type == "cuda"
+        self.num_workers = num_workers
+        self.log_interval = max(1, int(log_interval))
+        self.tracker = tracker
+        self.stop_at_iteration = stop_at_iteration
+        self.grad_clip = schedule.get("grad_clip")
+
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=float(schedule["lr"]),
+            momentum=float(schedule.get("momentum", 0.9)),
+            weight_decay=float(schedule.get("weight_decay", 1e-4)),
+        )
+        self.lr_factor = WarmupStepSchedule(
+            self.iters_per_epoch,
+            list(schedule.get("lr_steps", [])),
+            float(schedule.get("gamma", 0.1)),
+            int(schedule.get("warmup_iters", 0)),
+            float(schedule.get("warmup_ratio", 0.001)),
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.start_epoch = 0
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "iteration": self.iteration,
+            "fingerprint": self.fingerprint,
+            "history": self.history,
+        }
+
+    def resume_if_possible(self) -> int:
+        """Load the newest checkpoint when its fingerprint matches; return its epoch (0 if none).
+
+        A checkpoint of a different configuration is moved to ``previous/``, not deleted.
+        """
+        record = self.checkpoints.latest()
+        if record is None:
+            return 0
+        if record.get("fingerprint") != self.fingerprint:
+            if self.dist.is_main:
+                prev = self.checkpoints.set_aside(
+                    f"configuration changed: checkpoint fingerprint {record.get('fingerprint')} "
+                    f"!= run fingerprint {self.fingerprint}"
+                )
+                print(f"[train] configuration changed since the last checkpoint; moved it to {prev}", flush=True)
+            distributed.barrier()
+            return 0
+        state = self.checkpoints.load(record, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state.get("history", []))
+        if self.dist.is_main:
+            print(
+                f"[train] resumed from {self.checkpoints.directory / record['file']} "
+                f"(epoch {self.start_epoch}, iteration {self.iteration})",
+                flush=True,
+            )
+        return self.start_epoch
+
+    # ------------------------------------------------------------------ loop
+    def _loader(self, epoch: int) -> DataLoader:
+        self.dataset.set_epoch(epoch)
+        self.batch_sampler.set_epoch(epoch)
+        return DataLoader(
+            self.dataset,
+            batch_sampler=self.batch_sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _step(self, images, image_sizes, targets) -> dict[str, float]:
+        images = images.to(self.device, non_blocking=True)
+        targets = move_targets(targets, self.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+            outputs = self.ddp_model(images, image_sizes, targets)
+        losses = {k: v for k, v in outputs.items() if k.startswith("loss")}
+        total = sum(v.float() for v in losses.values())
+        if not torch.isfinite(total):
+            values = {k: float(v) for k, v in outputs.items()}
+            raise FloatingPointError(
+                f"non-finite loss at iteration {self.iteration}: {values}; the last epoch "
+                f"checkpoint in {self.checkpoints.directory} is intact"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=float(self.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        record = {k: float(v.detach()) for k, v in outputs.items()}
+        record["loss"] = float(total.detach())
+        return record
+
+    def train(self) -> TrainResult:
+        resumed = self.resume_if_possible()
+        start_time = time.time()
+        iters_this_run = 0
+        is_main = self.dist.is_main
+        bar = tqdm(
+            total=self.max_iters,
+            initial=self.iteration,
+            desc="train",
+            unit="it",
+            disable=not is_main,
+            dynamic_ncols=True,
+            mininterval=1.0 if sys.stderr.isatty() else 30.0,
+            file=sys.stderr,
+        )
+        last: dict[str, float] = {}
+        self.ddp_model.train()
+        for epoch in range(self.start_epoch, self.epochs):
+            for images, image_sizes, targets in self._loader(epoch):
+                if self.stop_at_iteration is not None and self.iteration >= self.stop_at_iteration:
+                    bar.close()
+                    raise KeyboardInterrupt(f"stopped at iteration {self.iteration} (test hook)")
+                lr = self.optimizer.param_groups[0]["lr"]
+                record = self._step(images, image_sizes, targets)
+                if self.dist.distributed:
+                    record = distributed.all_reduce_mean(record, self.device)
+                record["lr"] = lr
+                self.iteration += 1
+                iters_this_run += 1
+                row = {"iteration": self.iteration, "epoch": epoch + 1, **record}
+                self.history.append(row)
+                if self.tracker is not None:
+                    self.tracker.log_metrics({f"train/{k}": v for k, v in record.items()}, step=self.iteration)
+                last = record
+                bar.update(1)
+                if self.iteration % self.log_interval == 0 or self.iteration == self.max_iters:
+                    shown = {k: f"{v:.3f}" for k, v in record.items() if k.startswith("loss")}
+                    shown["lr"] = f"{lr:.2e}"
+                    bar.set_postfix(shown, refresh=False)
+                    if is_main and not sys.stderr.isatty():
+                        items = " ".join(f"{k}={v}" for k, v in shown.items())
+                        print(f"[train] epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.max_iters} {items}", flush=True)
+            if is_main:
+                self.checkpoints.save(self.state_dict(epoch + 1), epoch + 1, self.iteration, self.fingerprint)
+            distributed.barrier()
+        bar.close()
+        elapsed = time.time() - start_time
+        return TrainResult(
+            iterations=self.iteration,
+            epochs=self.epochs,
+            final_losses={k: v for k, v in last.items() if k.startswith("loss")} or self._last_logged_losses(),
+            seconds=elapsed,
+            seconds_per_iter=elapsed / max(iters_this_run, 1),
+            resumed_from_epoch=resumed,
+            world_size=self.dist.world_size,
+            device=str(self.device),
+            history=self.history,
+        )
+
+    def _last_logged_losses(self) -> dict[str, float]:
+        if not self.history:
+            return {}
+        return {k: v for k, v in self.history[-1].items() if k.startswith("loss")}
+
+
+def write_history_csv(history: list[dict[str, float]], path: Path) -> None:
+    """Write the per-iteration history (iteration, epoch, lr, losses) as CSV for ``dvc plots``."""
+    keys: list[str] = []
+    for row in history:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_json(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+__all__ = [
+    "Trainer",
+    "TrainResult",
+    "WarmupStepSchedule",
+    "config_fingerprint",
+    "resolve_device",
+    "seed_everything",
+    "write_history_csv",
+    "write_json",
+]

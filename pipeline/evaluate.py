@@ -1,0 +1,196 @@
+"""DVC stage ``evaluate@<model>``: COCO evaluation on minival and test-dev.
+
+    python -m pipeline.evaluate --model faster_rcnn_r50_fpn
+
+For each split in ``evaluate.splits`` it runs the trained model (``model_final.pth``),
+writes the COCO result files to ``results/<model>/`` and, where the split has
+annotations, scores them with pycocotools' COCOeval (bbox, and segm when the model
+predicts masks), at most ``evaluate.max_dets`` (100) detections per image.
+
+test-dev additionally gets the COCO submission file
+``results/<model>/detections_test-dev2017_<alg>_results.json`` and its zip. Real COCO
+test-dev has no public annotations, so it is only scored where annotations exist (the
+synthetic split has them); otherwise its metrics file says ``"scored": false``.
+
+Each scored split gets ``metrics/<model>/<split>.json`` (a DVC metrics file) and an MLflow
+run tagged ``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.checkpoint import CheckpointManager
+from pipeline.config import load_params
+from pipeline.data import build_dataset, collate_detection, load_manifest
+from pipeline.engine import resolve_device, write_json
+from pipeline.evaluation import (
+    coco_evaluate,
+    detections_to_coco,
+    load_coco_quietly,
+    submission_name,
+    write_results,
+)
+from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR
+from pipeline.tracking import Tracker
+from pipeline.train import dataset_description
+
+
+def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the detector from ``model_final.pth`` and load its weights (eval mode)."""
+    from models.build import build_model
+
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"{checkpoint}: no trained model; run the train stage first")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = build_model(state["detector"], state["model_cfg"], state["num_classes"])
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state
+
+
+@torch.no_grad()
+def predict_split(
+    model: torch.nn.Module,
+    dataset,
+    cat_ids: list[int],
+    device: torch.device,
+    batch_size: int = 8,
+    size_divisor: int = 32,
+    max_dets: int = 100,
+    num_workers: int = 0,
+    desc: str = "eval",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+    """Run ``model`` over ``dataset``; return (bbox records, segm records, seconds per image)."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=lambda b: collate_detection(b, size_divisor=size_divisor),
+    )
+    bbox: list[dict[str, Any]] = []
+    segm: list[dict[str, Any]] = []
+    start = time.time()
+    for images, image_sizes, targets in tqdm(loader, desc=desc, unit="batch", mininterval=5.0):
+        outputs = model(images.to(device), image_sizes, None)
+        for out, tgt in zip(outputs, targets):
+            b, s = detections_to_coco(out, tgt, cat_ids, max_dets=max_dets)
+            bbox.extend(b)
+            segm.extend(s)
+    return bbox, segm, (time.time() - start) / max(len(dataset), 1)
+
+
+def evaluate_model(
+    model_name: str,
+    params: dict[str, Any],
+    manifest_file: Path = MANIFEST_FILE,
+    checkpoint_root: Path = CHECKPOINT_DIR,
+    metrics_root: Path = METRICS_DIR,
+    results_root: Path = RESULTS_DIR,
+    track: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate ``model_name`` on every split of ``params['evaluate']['splits']``."""
+    ev_cfg = params.get("evaluate", {}) or {}
+    device = resolve_device((params.get("train") or {}).get("device", "auto"))
+    ckpt = CheckpointManager(Path(checkpoint_root) / model_name)
+    model, state = load_trained_model(ckpt.final_file, device)
+    cfg = state["config"]
+    cat_ids = state["cat_ids"]
+    manifest = load_manifest(manifest_file)
+    max_dets = int(ev_cfg.get("max_dets", 100))
+    results_dir = Path(results_root) / model_name
+    results_dir.mkdir(parents=True, exist_ok=True)
+    all_metrics: dict[str, dict[str, Any]] = {}
+    for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
+        split = manifest.split(split_name)
+        dataset = build_dataset(split, cfg["data"], train=False, seed=int(params.get("seed", 0)))
+        if list(dataset.cat_ids) != list(cat_ids):
+            raise RuntimeError(
+                f"{split.ann_file}: categories {list(dataset.cat_ids)} differ from the ones the model "
+                f"was trained on {list(cat_ids)}"
+            )
+        bbox, segm, sec_per_img = predict_split(
+            model, dataset, cat_ids, device,
+            batch_size=int(ev_cfg.get("batch_size", 8)),
+            size_divisor=int(cfg["data"].get("size_divisor", 32)),
+            max_dets=max_dets,
+            num_workers=int((params.get("train") or {}).get("num_workers", 0)),
+            desc=f"{model_name} {split_name}",
+        )
+        files = write_results(bbox, results_dir / f"{split_name}_bbox.json")
+        if segm:
+            files += write_results(segm, results_dir / f"{split_name}_segm.json")
+        if split_name == "test-dev":
+            files += write_results(bbox, results_dir / submission_name(model_name), zip_it=True)
+            if segm:
+                files += write_results(segm, results_dir / submission_name(model_name, suffix="-segm"), zip_it=True)
+        metrics: dict[str, Any] = {
+            "model": model_name,
+            "split": split_name,
+            "dataset": dataset_description(manifest, split_name, len(dataset)),
+            "num_images": len(dataset),
+            "num_detections": len(bbox),
+            "seconds_per_image": round(sec_per_img, 4),
+            "device": str(device),
+            "scored": bool(split.has_annotations),
+        }
+        summaries = {}
+        if split.has_annotations:
+            gt = load_coco_quietly(split.ann_file)
+            image_ids = [int(i) for i in dataset.ids] if hasattr(dataset, "ids") else None
+            for iou_type, records in (("bbox", bbox), ("segm", segm)):
+                if iou_type == "segm" and not segm:
+                    continue
+                stats, _, text = coco_evaluate(gt, records, iou_type, image_ids)
+                metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
+                summaries[iou_type] = text
+                print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
+        else:
+            metrics["reason"] = "no annotations for this split (real COCO test-dev): submit the zip to the COCO server"
+        out = Path(metrics_root) / model_name / f"{split_name}.json"
+        write_json(metrics, out)
+        all_metrics[split_name] = metrics
+        tags = {
+            "model": model_name,
+            "stage": "evaluate",
+            "split": split_name,
+            "preset": cfg["preset"],
+            "scale": cfg["scale"],
+            "detector": cfg["detector"],
+            "dataset": metrics["dataset"],
+            "scored": str(metrics["scored"]).lower(),
+        }
+        with Tracker(f"evaluate/{model_name}/{split_name}", tags, enabled=track) as tracker:
+            tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
+            flat = {}
+            for iou_type in ("bbox", "segm"):
+                for k, v in metrics.get(iou_type, {}).items():
+                    flat[f"{iou_type}_{k}"] = v
+            flat["num_detections"] = len(bbox)
+            flat["seconds_per_image"] = sec_per_img
+            tracker.log_metrics(flat, step=int(state.get("iteration") or 0))
+            tracker.flush()
+            tracker.log_artifact(out)
+            for f in files:
+                if f.suffix == ".zip":
+                    tracker.log_artifact(f)
+    return all_metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    evaluate_model(args.model, load_params(args.params))
+
+
+if __name__ == "__main__":
+    main()

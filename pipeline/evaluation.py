@@ -1,0 +1,173 @@
+"""COCO evaluation: detections to COCO result records, COCOeval's 12 numbers, result files.
+
+Detector outputs are in the coordinates of the resized input image; they are mapped back
+to the original image by the dataset's ``scale_factor`` and clipped to it. Masks, when a
+model predicts them, arrive as ``(K, 1, M, M)`` probabilities in box coordinates and are
+pasted into the original image, thresholded at 0.5 and RLE-encoded.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
+
+STAT_NAMES: tuple[str, ...] = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+
+
+def to_original_coords(
+    boxes: torch.Tensor, scale_factor: torch.Tensor, orig_size: tuple[int, int]
+) -> torch.Tensor:
+    """Map ``(K, 4)`` xyxy boxes from the resized image back to the original image.
+
+    Args:
+        boxes: (K, 4) pixels in the resized image.
+        scale_factor: (2,) = (sx, sy), original -> resized.
+        orig_size: (h0, w0) of the original image.
+    Returns:
+        (K, 4) xyxy pixels in the original image, clipped to it.
+    """
+    sx, sy = float(scale_factor[0]), float(scale_factor[1])
+    out = boxes.detach().float().cpu().clone()
+    out[:, 0::2] /= sx
+    out[:, 1::2] /= sy
+    h0, w0 = orig_size
+    out[:, 0::2] = out[:, 0::2].clamp(0, w0)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h0)
+    return out
+
+
+def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, orig_size: tuple[int, int]) -> np.ndarray:
+    """Paste ``(K, 1, M, M)`` mask probabilities at ``(K, 4)`` original-image boxes.
+
+    Returns a ``(K, h0, w0)`` uint8 array of binary masks (threshold 0.5).
+    """
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+    h0, w0 = orig_size
+    if mask_probs.numel() == 0:
+        return np.zeros((0, h0, w0), dtype=np.uint8)
+    pasted = paste_masks_in_image(mask_probs.float().cpu(), boxes, (h0, w0), padding=1)
+    return (pasted[:, 0] >= 0.5).numpy().astype(np.uint8)
+
+
+def detections_to_coco(
+    output: dict[str, torch.Tensor],
+    target: dict[str, Any],
+    cat_ids: list[int],
+    max_dets: int = 100,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Turn one image's detector output into COCO bbox (and segm) result records.
+
+    Args:
+        output: ``boxes`` (K,4) resized-image xyxy, ``scores`` (K,), ``labels`` (K,)
+            contiguous, optionally ``masks`` (K,1,M,M) probabilities.
+        target: the dataset's target for the image (``image_id``, ``scale_factor``,
+            ``orig_size``).
+        cat_ids: contiguous label -> COCO category id.
+        max_dets: keep at most this many, highest score first (COCO's cap is 100).
+    Returns:
+        (bbox records, segm records); segm is empty when the model predicts no masks.
+    """
+    scores = output["scores"].detach().float().cpu()
+    order = torch.argsort(scores, descending=True)[:max_dets]
+    scores = scores[order]
+    labels = output["labels"].detach().cpu()[order]
+    boxes = to_original_coords(output["boxes"][order.to(output["boxes"].device)], target["scale_factor"], target["orig_size"])
+    image_id = int(target["image_id"])
+    xywh = boxes.clone()
+    xywh[:, 2:] -= xywh[:, :2]
+    bbox_records = [
+        {
+            "image_id": image_id,
+            "category_id": int(cat_ids[int(l)]),
+            "bbox": [round(float(v), 2) for v in b],
+            "score": round(float(s), 5),
+        }
+        for b, s, l in zip(xywh.tolist(), scores.tolist(), labels.tolist())
+    ]
+    segm_records: list[dict[str, Any]] = []
+    if "masks" in output:
+        masks = paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])
+        if len(masks):
+            rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+            for rle, s, l in zip(rles, scores.tolist(), labels.tolist()):
+                rle["counts"] = rle["counts"].decode("ascii")
+                segm_records.append(
+                    {"image_id": image_id, "category_id": int(cat_ids[int(l)]), "segmentation": rle, "score": round(float(s), 5)}
+                )
+    return bbox_records, segm_records
+
+
+def load_coco_quietly(ann_file: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann_file))
+
+
+def coco_evaluate(
+    gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: list[int] | None = None
+) -> tuple[dict[str, float], COCOeval | None, str]:
+    """Run COCOeval and return its 12 summary numbers.
+
+    Args:
+        gt: ground truth.
+        results: COCO result records (``bbox`` or ``segmentation`` per ``iou_type``).
+        iou_type: ``"bbox"`` or ``"segm"``.
+        image_ids: restrict evaluation to these images (all ground-truth images if None).
+    Returns:
+        (stats by name, the COCOeval object or None when there were no detections, the
+        printed summary). With no detections every number is 0.0, as COCO would score it.
+    """
+    if not results:
+        return {k: 0.0 for k in STAT_NAMES}, None, "no detections: every metric is 0\n"
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+    ev = COCOeval(gt, dt, iou_type)
+    if image_ids is not None:
+        ev.params.imgIds = sorted(image_ids)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+    return stats, ev, buf.getvalue()
+
+
+def submission_name(model_name: str, split: str = "test-dev2017", suffix: str = "") -> str:
+    """COCO's result file name, ``detections_<split>_<alg>_results.json``.
+
+    The evaluation server splits the name on ``_``, so underscores in the algorithm name
+    become ``-``.
+    """
+    alg = model_name.replace("_", "-") + suffix
+    return f"detections_{split}_{alg}_results.json"
+
+
+def write_results(records: list[dict[str, Any]], path: Path, zip_it: bool = False) -> list[Path]:
+    """Write result records as JSON (and, for a submission, a zip holding that JSON)."""
+    text = json.dumps(records, separators=(",", ":"))
+    atomic_write_text(path, text)
+    written = [path]
+    if zip_it:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            info = zipfile.ZipInfo(path.name, date_time=(2017, 1, 1, 0, 0, 0))  # fixed date: reproducible bytes
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, text)
+        zpath = path.with_suffix(".zip")
+        atomic_write_bytes(zpath, buf.getvalue())
+        written.append(zpath)
+    return written

@@ -1,0 +1,183 @@
+"""DVC stage ``report``: the results tables, regenerated from MLflow.
+
+    python -m pipeline.report
+
+For every model in ``params.yaml`` it takes the newest FINISHED MLflow evaluate run per
+split, cross-checks its numbers against the DVC metrics file ``metrics/<model>/<split>.json``
+(the stage depends on those files; a mismatch means the store and the workspace disagree
+and the stage fails, naming both), then writes ``reports/results.md`` and rewrites the
+README's results table between ``<!-- results:begin -->`` and ``<!-- results:end -->``.
+
+Our numbers name the dataset they were measured on; published numbers stand in their own
+columns with their source.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.checkpoint import atomic_write_text
+from pipeline.config import load_params
+from pipeline.evaluation import STAT_NAMES
+from pipeline.paths import METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
+from pipeline.published import PUBLISHED
+from pipeline.tracking import client, newest_finished_run
+
+BEGIN = "<!-- results:begin -->"
+END = "<!-- results:end -->"
+TOLERANCE = 1e-5
+
+
+class ReportError(RuntimeError):
+    """MLflow and the DVC metrics files disagree, or a needed run or file is missing."""
+
+
+def fmt(v: float | None) -> str:
+    """A COCO number in percent with one decimal; '–' for missing or COCO's -1 (no objects)."""
+    if v is None or v < 0:
+        return "–"
+    return f"{100 * v:.1f}"
+
+
+def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[dict[str, Any]]:
+    """One record per (model, split): the MLflow numbers, checked against the metrics file."""
+    c = client()
+    rows = []
+    splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
+    for model_name, entry in (params.get("models") or {}).items():
+        for split in splits:
+            path = Path(metrics_root) / model_name / f"{split}.json"
+            if not path.exists():
+                raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
+            file_metrics = json.loads(path.read_text())
+            run = newest_finished_run(c, model_name, "evaluate", split)
+            if run is None:
+                raise ReportError(
+                    f"no FINISHED MLflow evaluate run for model {model_name!r}, split {split!r} in "
+                    f"{c.tracking_uri}; re-run `dvc repro -f evaluate@{model_name}`"
+                )
+            record = {
+                "model": model_name,
+                "preset": entry.get("preset"),
+                "scale": run.data.tags.get("scale", entry.get("scale")),
+                "split": split,
+                "dataset": run.data.tags.get("dataset", file_metrics.get("dataset")),
+                "scored": file_metrics.get("scored", False),
+                "run_id": run.info.run_id,
+            }
+            for iou_type in ("bbox", "segm"):
+                if iou_type not in file_metrics:
+                    continue
+                ours = {}
+                for name in STAT_NAMES:
+                    key = f"{iou_type}_{name}"
+                    if key not in run.data.metrics:
+                        raise ReportError(f"MLflow run {run.info.run_id} ({model_name}/{split}) lacks metric {key}")
+                    mv = run.data.metrics[key]
+                    fv = file_metrics[iou_type][name]
+                    if abs(mv - fv) > TOLERANCE:
+                        raise ReportError(
+                            f"{path}: {iou_type} {name} = {fv}, but the newest MLflow run {run.info.run_id} "
+                            f"says {mv}; the store and the workspace disagree (re-run evaluate@{model_name})"
+                        )
+                    ours[name] = mv
+                record[iou_type] = ours
+            rows.append(record)
+    return rows
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """The README table: our box AP per split (with its dataset) beside the published AP."""
+    by_model: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["split"]] = r
+    lines = [
+        "| Model | Preset (scale) | Ours: minival box AP / AP50 / AP75 | Ours: APs / APm / APl | Ours: test-dev box AP | Measured on | Published minival AP | Published test-dev AP | Published by |",
+        "|---|---|:-:|:-:|:-:|---|:-:|:-:|---|",
+    ]
+    for model, splits in by_model.items():
+        mv = splits.get("minival", {})
+        td = splits.get("test-dev", {})
+        any_row = mv or td
+        preset = any_row.get("preset")
+        pub = PUBLISHED.get(preset, {})
+        b = mv.get("bbox", {})
+        tb = td.get("bbox", {})
+        measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+        lines.append(
+            f"| {model} | {preset} ({any_row.get('scale')}) "
+            f"| {fmt(b.get('AP'))} / {fmt(b.get('AP50'))} / {fmt(b.get('AP75'))} "
+            f"| {fmt(b.get('APs'))} / {fmt(b.get('APm'))} / {fmt(b.get('APl'))} "
+            f"| {fmt(tb.get('AP')) if td.get('scored') else 'not scored'} "
+            f"| {measured} "
+            f"| {pub.get('minival', '–') if pub.get('minival') is not None else '–'} "
+            f"| {pub.get('test-dev') if pub.get('test-dev') is not None else '–'} "
+            f"| {pub.get('source', '–')} |"
+        )
+    return "\n".join(lines)
+
+
+def full_table(rows: list[dict[str, Any]]) -> str:
+    """All 12 COCO numbers of every scored (model, split, task), in percent."""
+    lines = [
+        "| Model | Split | Task | " + " | ".join(STAT_NAMES) + " | Measured on |",
+        "|---|---|---|" + ":-:|" * len(STAT_NAMES) + "---|",
+    ]
+    for r in rows:
+        for iou_type in ("bbox", "segm"):
+            if iou_type in r:
+                vals = " | ".join(fmt(r[iou_type][n]) for n in STAT_NAMES)
+                lines.append(f"| {r['model']} | {r['split']} | {iou_type} | {vals} | {r['dataset']} |")
+    return "\n".join(lines)
+
+
+NOTE = (
+    "Our numbers are COCO AP (%) measured by `dvc repro` on the data named in *Measured on*; "
+    "the published numbers are the papers' / model zoo's on real COCO 2017 at paper scale, "
+    "shown for reference only. The two are not comparable unless *Measured on* says COCO."
+)
+
+
+def replace_between_markers(text: str, body: str, path: Path) -> str:
+    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
+        raise ReportError(f"{path}: the markers {BEGIN} ... {END} are missing or out of order")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+
+
+def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir: Path = REPORTS_DIR,
+                 metrics_root: Path = METRICS_DIR) -> str:
+    rows = collect(params, metrics_root)
+    table = results_table(rows)
+    md = "\n\n".join([
+        "# Results",
+        "Generated by `python -m pipeline.report` from the MLflow store; do not edit by hand.",
+        NOTE,
+        "## Detection (box AP)",
+        table,
+        "## All COCO numbers",
+        full_table(rows),
+    ]) + "\n"
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(reports_dir / "results.md", md)
+    readme_text = Path(readme).read_text()
+    atomic_write_text(readme, replace_between_markers(readme_text, f"{NOTE}\n\n{table}", readme))
+    return md
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    args = parser.parse_args(argv)
+    try:
+        md = write_report(load_params(args.params))
+    except ReportError as e:
+        raise SystemExit(f"[report] {e}") from e
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

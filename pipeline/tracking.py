@@ -1,0 +1,167 @@
+"""MLflow tracking: one run per train stage and per (evaluate stage, split).
+
+The store is SQLite at an absolute path in the repository root (see
+:func:`pipeline.paths.mlflow_tracking_uri`); artifacts go to ``mlartifacts/``. Runs carry
+the tags ``model``, ``stage``, ``split`` (evaluate only), ``preset``, ``scale``,
+``dataset`` and ``git_commit``. Run ids are never written into DVC-tracked outputs, so a
+re-run with identical results leaves DVC's view unchanged.
+
+Only rank 0 of a distributed job tracks; other ranks get a no-op tracker.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.paths import REPO_ROOT, mlflow_artifact_root, mlflow_tracking_uri
+
+EXPERIMENT_NAME = "detlab"
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit, with ``-dirty`` when tracked files differ from it."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten nested dicts to dotted keys with string values (MLflow params)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+def client():
+    """An MlflowClient on the project's store, creating the experiment on first use."""
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=mlflow_tracking_uri())
+    return c
+
+
+def experiment_id(c) -> str:
+    exp = c.get_experiment_by_name(EXPERIMENT_NAME)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(EXPERIMENT_NAME, artifact_location=f"{mlflow_artifact_root()}/{EXPERIMENT_NAME}")
+    except Exception:  # created concurrently by another stage
+        exp = c.get_experiment_by_name(EXPERIMENT_NAME)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class Tracker:
+    """A run in the MLflow store, used as a context manager.
+
+    Metrics logged with :meth:`log_metrics` are buffered and written in batches (every
+    ``flush_every`` calls and on exit), so per-iteration losses cost little. On an
+    exception the run ends FAILED (KILLED on Ctrl-C) and what was logged is kept.
+    """
+
+    def __init__(
+        self,
+        run_name: str,
+        tags: dict[str, str],
+        enabled: bool = True,
+        flush_every: int = 50,
+    ) -> None:
+        self.run_name = run_name
+        self.tags = {k: str(v) for k, v in tags.items()}
+        self.enabled = enabled
+        self.flush_every = flush_every
+        self._buffer: list = []
+        self._calls = 0
+        self.run_id: str | None = None
+        self._client = None
+
+    def __enter__(self) -> "Tracker":
+        if not self.enabled:
+            return self
+        self._client = client()
+        exp = experiment_id(self._client)
+        tags = dict(self.tags)
+        tags.setdefault("git_commit", git_commit())
+        tags["mlflow.runName"] = self.run_name
+        run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        try:
+            self.flush()
+        finally:
+            if exc_type is None:
+                status = "FINISHED"
+            elif issubclass(exc_type, KeyboardInterrupt):
+                status = "KILLED"
+            else:
+                status = "FAILED"
+            self._client.set_terminated(self.run_id, status=status)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        items = [Param(k[:250], v) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        self._calls += 1
+        if self._calls % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.enabled or not self._buffer:
+            return
+        for i in range(0, len(self._buffer), 900):
+            self._client.log_batch(self.run_id, metrics=self._buffer[i : i + 900])
+        self._buffer = []
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.enabled:
+            self._client.set_tag(self.run_id, key, value)
+
+
+def newest_finished_run(c, model: str, stage: str, split: str | None = None):
+    """The newest FINISHED run with the given tags, or None."""
+    flt = f"tags.model = '{model}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'"
+    if split is not None:
+        flt += f" and tags.split = '{split}'"
+    runs = c.search_runs(
+        [experiment_id(c)], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return runs[0] if runs else None

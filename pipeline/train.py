@@ -1,0 +1,202 @@
+"""DVC stage ``train@<model>``: train one model of ``params.yaml``.
+
+    python -m pipeline.train --model faster_rcnn_r50_fpn [--no-resume]
+
+Writes ``checkpoints/<model>/`` (epoch checkpoints, ``model_final.pth``),
+``metrics/<model>/train.json`` and ``metrics/<model>/train_curve.csv``, and records an
+MLflow run (params, per-iteration losses and lr, the curve as an artifact).
+
+With ``train.gpus > 1`` in params.yaml and CUDA present, the stage re-launches itself
+under ``torchrun --nproc_per_node <gpus>`` (DDP over NCCL). Under torchrun on CPU (gloo)
+it trains with several processes as well, which the tests use.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import distributed
+from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint
+from pipeline.config import load_params, resolve_model_config
+from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
+from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
+from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE
+from pipeline.tracking import Tracker
+
+
+def maybe_relaunch_with_torchrun(gpus: int) -> None:
+    """Re-run this command under torchrun when more than one GPU is asked for."""
+    if gpus <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    if not torch.cuda.is_available():
+        print(f"[train] train.gpus = {gpus} but CUDA is not available; training in one process", flush=True)
+        return
+    available = torch.cuda.device_count()
+    if gpus > available:
+        raise SystemExit(f"[train] train.gpus = {gpus} but only {available} CUDA devices are visible")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "pipeline.train", *sys.argv[1:]]
+    print("[train] launching: " + " ".join(cmd), flush=True)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def dataset_description(manifest, split: str, num_images: int) -> str:
+    """How a table row names the data a number was measured on, e.g. ``synthetic minival (200 images)``."""
+    return f"{manifest.source} {split} ({num_images} images)"
+
+
+def category_names(dataset) -> list[str]:
+    return [c["name"] for c in dataset.coco.loadCats(list(dataset.cat_ids))]
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def run_training(
+    model_name: str,
+    params: dict[str, Any],
+    manifest_file: Path = MANIFEST_FILE,
+    checkpoint_root: Path = CHECKPOINT_DIR,
+    metrics_root: Path = METRICS_DIR,
+    resume: bool = True,
+    track: bool = True,
+    stop_at_iteration: int | None = None,
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Train ``model_name`` as configured in ``params``.
+
+    Usable in-process (tests) as well as from the command line.
+
+    Returns:
+        (the train metrics written to ``metrics/<model>/train.json``, the trained model).
+    """
+    from models.build import build_model
+
+    cfg = resolve_model_config(params, model_name)
+    runtime = params.get("train", {}) or {}
+    seed = int(params.get("seed", 0))
+    dist_info = distributed.init_distributed(
+        "cuda" if runtime.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu"
+    )
+    device = resolve_device(runtime.get("device", "auto"), dist_info.local_rank)
+    seed_everything(seed)
+
+    manifest = load_manifest(manifest_file)
+    dataset = build_dataset(manifest.split("train"), cfg["data"], train=True, seed=seed)
+    num_classes = len(dataset.cat_ids)
+    schedule = cfg["schedule"]
+    batch_size = int(schedule["images_per_gpu"])
+    sampler = GroupedBatchSampler(
+        dataset.aspect_ratios(), batch_size, seed=seed, shuffle=True,
+        num_replicas=dist_info.world_size, rank=dist_info.rank,
+    )
+    size_divisor = int(cfg["data"].get("size_divisor", 32))
+
+    def collate(batch):
+        return collate_detection(batch, size_divisor=size_divisor)
+
+    model = build_model(cfg["detector"], cfg["model"], num_classes)
+    fingerprint = config_fingerprint(
+        {"cfg": cfg, "seed": seed, "data": file_digest(manifest_file), "world_size": dist_info.world_size}
+    )
+    ckpt = CheckpointManager(Path(checkpoint_root) / model_name, keep_last=int(runtime.get("keep_checkpoints", 3)))
+    if not resume and dist_info.is_main:
+        ckpt.set_aside("started with --no-resume")
+    distributed.barrier()
+
+    expected = int(schedule.get("num_gpus", 1)) * batch_size
+    actual = dist_info.world_size * batch_size
+    if dist_info.is_main and expected != actual:
+        print(
+            f"[train] note: preset batch is {expected} images ({schedule.get('num_gpus', 1)} GPUs x {batch_size}); "
+            f"this run uses {actual}. The learning rate is left at {schedule['lr']} (no automatic scaling).",
+            flush=True,
+        )
+
+    tags = {
+        "model": model_name,
+        "stage": "train",
+        "preset": cfg["preset"],
+        "scale": cfg["scale"],
+        "detector": cfg["detector"],
+        "dataset": dataset_description(manifest, "train", len(dataset)),
+    }
+    with Tracker(f"train/{model_name}", tags, enabled=track and dist_info.is_main) as tracker:
+        tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
+                            "world_size": dist_info.world_size})
+        trainer = Trainer(
+            model=model,
+            dataset=dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            schedule=schedule,
+            checkpoints=ckpt,
+            fingerprint=fingerprint,
+            device=device,
+            amp=bool(runtime.get("amp", True)),
+            num_workers=int(runtime.get("num_workers", 0)),
+            log_interval=int(runtime.get("log_interval", 20)),
+            tracker=tracker,
+            dist_info=dist_info,
+            stop_at_iteration=stop_at_iteration,
+            find_unused_parameters=bool(runtime.get("find_unused_parameters", False)),
+        )
+        if dist_info.is_main:
+            print(
+                f"[train] {model_name}: preset {cfg['preset']} ({cfg['scale']} scale), {len(dataset)} images, "
+                f"{num_classes} classes, {trainer.iters_per_epoch} it/epoch x {trainer.epochs} epochs, "
+                f"device {device}, world size {dist_info.world_size}",
+                flush=True,
+            )
+        result = trainer.train()
+        metrics = result.metrics()
+        if dist_info.is_main:
+            final = {
+                "model": model.state_dict(),
+                "detector": cfg["detector"],
+                "model_cfg": cfg["model"],
+                "config": cfg,
+                "num_classes": num_classes,
+                "cat_ids": list(dataset.cat_ids),
+                "categories": [{"id": c, "name": n} for c, n in zip(dataset.cat_ids, category_names(dataset))],
+                "iteration": result.iterations,
+                "fingerprint": fingerprint,
+            }
+            atomic_torch_save(final, ckpt.final_file)
+            out_dir = Path(metrics_root) / model_name
+            write_json(metrics, out_dir / "train.json")
+            write_history_csv(result.history, out_dir / "train_curve.csv")
+            tracker.log_metrics({f"final/{k}": v for k, v in result.final_losses.items()}, step=result.iterations)
+            tracker.log_metrics({"seconds_per_iter": result.seconds_per_iter}, step=result.iterations)
+            tracker.flush()
+            tracker.log_artifact(out_dir / "train.json")
+            tracker.log_artifact(out_dir / "train_curve.csv")
+    distributed.barrier()
+    return metrics, model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a key of 'models' in params.yaml")
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--no-resume", action="store_true", help="set existing checkpoints aside and start afresh")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)))
+    try:
+        metrics, _ = run_training(args.model, params, resume=not args.no_resume)
+    finally:
+        distributed.cleanup()
+    if distributed.current().is_main:
+        print(f"[train] done: {metrics}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""LR schedule, atomic checkpoints and the checkpoint manager."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint
+from pipeline.engine import WarmupStepSchedule
+
+
+def test_warmup_then_steps():
+    s = WarmupStepSchedule(iters_per_epoch=10, lr_steps=[2, 2.5], gamma=0.1, warmup_iters=4, warmup_ratio=0.2)
+    assert s(0) == pytest.approx(0.2)
+    assert s(2) == pytest.approx(0.2 + 0.8 * 2 / 4)
+    assert s(4) == pytest.approx(1.0)
+    assert s(19) == pytest.approx(1.0)
+    assert s(20) == pytest.approx(0.1)
+    assert s(24) == pytest.approx(0.1)
+    assert s(25) == pytest.approx(0.01)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    atomic_torch_save({"v": torch.tensor([1.0])}, path)
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_torch_save({"v": torch.tensor([2.0])}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["v"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary left behind
+
+
+def test_manager_saves_prunes_and_sets_aside(tmp_path):
+    m = CheckpointManager(tmp_path / "m", keep_last=2)
+    assert m.latest() is None
+    for e in (1, 2, 3):
+        m.save({"epoch": e}, epoch=e, iteration=10 * e, fingerprint="abc")
+    rec = m.latest()
+    assert rec == {"file": "epoch_0003.pth", "epoch": 3, "iteration": 30, "fingerprint": "abc"}
+    assert sorted(p.name for p in (tmp_path / "m").glob("epoch_*")) == ["epoch_0002.pth", "epoch_0003.pth"]
+    assert m.load(rec)["epoch"] == 3
+    prev = m.set_aside("test")
+    assert m.latest() is None and (prev / "epoch_0003.pth").exists() and (prev / "REASON.txt").exists()
+
+
+def test_latest_pointing_at_a_missing_file_is_an_error(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "latest.json").write_text(json.dumps({"file": "epoch_0009.pth", "epoch": 9, "iteration": 1, "fingerprint": "x"}))
+    with pytest.raises(RuntimeError, match="epoch_0009.pth"):
+        CheckpointManager(d).latest()
+
+
+def test_fingerprint_is_order_independent():
+    assert config_fingerprint({"a": 1, "b": [1, 2]}) == config_fingerprint({"b": [1, 2], "a": 1})
+    assert config_fingerprint({"a": 1}) != config_fingerprint({"a": 2})
