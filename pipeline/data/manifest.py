@@ -1,0 +1,131 @@
+"""The prepared-data manifest: where each split's annotation file and images are.
+
+``data/prepared/manifest.json`` is written by the ``prepare`` stage and read by every later
+stage, so they never need to know whether the data is synthetic or real COCO::
+
+    {
+      "version": 1,
+      "source": "synthetic",
+      "splits": {
+        "train":    {"ann_file": "synthetic/annotations/instances_train2017.json",
+                     "img_dir": "synthetic/train2017", "has_annotations": true},
+        "minival":  {...},
+        "test-dev": {...}
+      },
+      "summary": {...}            # optional: counts printed by prepare
+    }
+
+Paths inside the manifest's directory are stored relative to it (the prepared folder can
+move, e.g. into a ``dvc exp`` temporary copy); others are stored absolute.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DataError
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "minival", "test-dev")
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split: its COCO annotation file, image directory, and whether the file has annotations
+    (false for real COCO test-dev, whose ``image_info`` file lists images only)."""
+
+    name: str
+    ann_file: Path
+    img_dir: Path
+    has_annotations: bool
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The loaded manifest: data source (``"synthetic"`` or ``"coco"``), splits by name, and the
+    optional summary written by the prepare stage."""
+
+    path: Path
+    source: str
+    splits: dict[str, SplitInfo]
+    summary: dict[str, Any]
+
+    def split(self, name: str) -> SplitInfo:
+        """The split called ``name``; :class:`DataError` if the manifest has none."""
+        if name not in self.splits:
+            raise DataError(f"{self.path}: no split {name!r} (have: {sorted(self.splits)})")
+        return self.splits[name]
+
+
+def _store_path(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when inside it, else absolute (POSIX separators)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def write_manifest(
+    path: Path,
+    source: str,
+    splits: Mapping[str, SplitInfo] | Iterable[SplitInfo],
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """Write the manifest JSON to ``path`` atomically (temporary file + rename).
+
+    ``splits`` is a mapping name -> :class:`SplitInfo` or an iterable of them; split names
+    must be among :data:`SPLIT_NAMES`.
+    """
+    path = Path(path)
+    items = list(splits.values()) if isinstance(splits, Mapping) else list(splits)
+    base = path.parent
+    entries: dict[str, Any] = {}
+    for s in items:
+        if s.name not in SPLIT_NAMES:
+            raise DataError(f"{path}: unknown split name {s.name!r} (expected one of {SPLIT_NAMES})")
+        entries[s.name] = {
+            "ann_file": _store_path(s.ann_file, base),
+            "img_dir": _store_path(s.img_dir, base),
+            "has_annotations": bool(s.has_annotations),
+        }
+    doc: dict[str, Any] = {"version": MANIFEST_VERSION, "source": source, "splits": entries}
+    if summary is not None:
+        doc["summary"] = summary
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest; relative paths resolve against its directory.
+
+    Raises :class:`DataError` naming the file when it is missing, not JSON (line/column),
+    or lacks a key.
+    """
+    path = Path(path)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: manifest not found; run the prepare stage (python -m pipeline.prepare)") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(doc, dict) or "source" not in doc or not isinstance(doc.get("splits"), dict):
+        raise DataError(f"{path}: not a manifest (needs 'source' and a 'splits' object)")
+    base = path.parent
+    splits: dict[str, SplitInfo] = {}
+    for name, entry in doc["splits"].items():
+        try:
+            ann_file, img_dir, has_ann = entry["ann_file"], entry["img_dir"], entry["has_annotations"]
+        except (KeyError, TypeError) as e:
+            raise DataError(f"{path}: split {name!r} lacks key {e} (needs ann_file, img_dir, has_annotations)") from e
+        splits[name] = SplitInfo(name, base / ann_file, base / img_dir, bool(has_ann))
+    return Manifest(path=path, source=str(doc["source"]), splits=splits, summary=dict(doc.get("summary") or {}))

@@ -1,0 +1,182 @@
+"""DVC stage ``prepare``: make the dataset and write ``data/prepared/manifest.json``.
+
+    python -m pipeline.prepare [--params params.yaml] [--out data/prepared]
+
+``params['data']``::
+
+    source: synthetic            # or coco
+    synthetic: {num_train: 2000, num_minival: 200, num_testdev: 200, seed: 0}
+    coco: {root: data/coco2017, download: false, archives: [{url, md5, extract}, ...]}
+
+``synthetic`` generates the dataset into ``<out>/synthetic/`` (COCO 2017 layout; test-dev
+with annotations). ``coco`` checks the tree at ``root`` (relative paths are relative to the
+repository root), downloading the official archives where it is absent and allowed, and
+writes a manifest pointing at it (absolute paths; real test-dev has no annotations).
+
+Everything is written into a temporary directory beside ``<out>`` that replaces ``<out>``
+by a rename at the end, so a killed run never leaves a half-written dataset. A short
+summary (images, instances, crowd regions and the COCO area-range histogram per split) is
+printed and stored in the manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import load_params
+from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, prepare_coco
+from pipeline.data.manifest import Manifest, SplitInfo, load_manifest, write_manifest
+from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
+from pipeline.errors import ConfigError, DataError
+from pipeline.paths import PARAMS_FILE, PREPARED_DIR, REPO_ROOT
+
+MANIFEST_NAME = "manifest.json"
+
+
+def summarize_split(split: SplitInfo) -> dict[str, Any]:
+    """Images, instances (non-crowd), crowd regions and area-range histogram of one split."""
+    data = load_json_file(split.ann_file)
+    anns = data.get("annotations", []) if split.has_annotations else []
+    hist = {"small": 0, "medium": 0, "large": 0}
+    for a in anns:
+        if not a.get("iscrowd", 0):
+            hist[("small", "medium", "large")[area_range(float(a.get("area", 0.0)))]] += 1
+    return {
+        "images": len(data.get("images", [])),
+        "has_annotations": split.has_annotations,
+        "instances": sum(hist.values()),
+        "crowd": sum(1 for a in anns if a.get("iscrowd", 0)),
+        "area_hist": hist,
+    }
+
+
+def format_summary(source: str, out_dir: Path, summary: dict[str, dict[str, Any]]) -> str:
+    """A small text table of :func:`summarize_split` results."""
+    lines = [
+        f"prepared {source} data -> {out_dir / MANIFEST_NAME}",
+        f"{'split':<10}{'images':>8}{'instances':>11}{'crowd':>7}{'small':>8}{'medium':>8}{'large':>8}",
+    ]
+    for name, s in summary.items():
+        if s["has_annotations"]:
+            h = s["area_hist"]
+            lines.append(
+                f"{name:<10}{s['images']:>8}{s['instances']:>11}{s['crowd']:>7}"
+                f"{h['small']:>8}{h['medium']:>8}{h['large']:>8}"
+            )
+        else:
+            lines.append(f"{name:<10}{s['images']:>8}{'(no annotations)':>42}")
+    return "\n".join(lines)
+
+
+def _require(cfg: Any, key: str, where: str) -> Any:
+    if not isinstance(cfg, dict) or key not in cfg:
+        raise ConfigError(f"params.yaml: missing {where}.{key}")
+    return cfg[key]
+
+
+def _synthetic_splits(root: Path) -> list[SplitInfo]:
+    """Manifest splits of a synthetic tree at ``root`` (test-dev with annotations)."""
+    return [
+        SplitInfo(name, root / "annotations" / f"{stem}.json", root / img_dir, True) for name, img_dir, stem in SPLITS
+    ]
+
+
+def coco_splits(root: Path) -> list[SplitInfo]:
+    """Manifest splits of a real COCO 2017 tree (minival = val2017; test-dev without annotations)."""
+    return [
+        SplitInfo("train", root / "annotations" / "instances_train2017.json", root / "train2017", True),
+        SplitInfo("minival", root / "annotations" / "instances_val2017.json", root / "val2017", True),
+        SplitInfo("test-dev", root / "annotations" / TEST_DEV_INFO_FILE, root / "test2017", False),
+    ]
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary siblings of ``out`` left by killed runs (their process is gone)."""
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, progress: bool = True) -> Manifest:
+    """Build the dataset described by ``data_cfg`` (``params['data']``) and its manifest in ``out``.
+
+    Returns the loaded manifest (its ``summary`` holds the per-split counts).
+    """
+    out = Path(out).absolute()
+    source = _require(data_cfg, "source", "data")
+    if source not in ("synthetic", "coco"):
+        raise ConfigError(f"params.yaml: data.source must be 'synthetic' or 'coco', got {source!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        if source == "synthetic":
+            cfg = _require(data_cfg, "synthetic", "data")
+            keys = ("num_train", "num_minival", "num_testdev", "seed")
+            counts = {k: int(_require(cfg, k, "data.synthetic")) for k in keys}
+            if min(counts.values()) < 0:
+                raise ConfigError(f"params.yaml: data.synthetic values must be >= 0, got {counts}")
+            generate_synthetic_coco(
+                tmp / "synthetic",
+                num_train=counts["num_train"],
+                num_minival=counts["num_minival"],
+                num_testdev=counts["num_testdev"],
+                seed=counts["seed"],
+                workers=min(2, os.cpu_count() or 1) if workers is None else workers,
+            )
+            splits = _synthetic_splits(tmp / "synthetic")
+        else:
+            cfg = _require(data_cfg, "coco", "data")
+            root = Path(_require(cfg, "root", "data.coco"))
+            root = root if root.is_absolute() else REPO_ROOT / root
+            archives = cfg.get("archives") or COCO_ARCHIVES
+            prepare_coco(root, download=bool(cfg.get("download", False)), archives=archives, progress=progress)
+            splits = coco_splits(root.resolve())
+        summary = {s.name: summarize_split(s) for s in splits}
+        write_manifest(tmp / MANIFEST_NAME, source, splits, summary=summary)
+
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if old.exists() and not out.exists():
+            os.rename(old, out)  # put the previous dataset back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_manifest(out / MANIFEST_NAME)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry of the prepare stage; returns the process exit status."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="parameters file (default: params.yaml)")
+    parser.add_argument("--out", type=Path, default=PREPARED_DIR, help="output directory (default: data/prepared)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for synthetic rendering (default: up to 2)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        manifest = prepare(_require(params, "data", "(top level)"), args.out, workers=args.workers)
+    except (ConfigError, DataError) as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 1
+    print(format_summary(manifest.source, Path(args.out), manifest.summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

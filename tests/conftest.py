@@ -1,0 +1,72 @@
+"""Shared fixtures: an MLflow store per test session (never the repository's), tiny data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COCO_MINI = REPO / "tests" / "data" / "coco_mini"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_mlflow_store(tmp_path_factory):
+    """Point MLflow at a throw-away SQLite store so tests never touch ``mlflow.db``."""
+    d = tmp_path_factory.mktemp("mlflow")
+    old = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "DETLAB_MLFLOW_ARTIFACTS")}
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d / 'mlflow.db'}"
+    os.environ["DETLAB_MLFLOW_ARTIFACTS"] = (d / "artifacts").as_uri()
+    yield d
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+TINY_MODEL = "frcnn_tiny"
+
+
+def tiny_params() -> dict:
+    """params.yaml for runs that take seconds: 16/8/8 synthetic images, 2 short epochs on CPU."""
+    import copy
+
+    from pipeline.config import load_params
+
+    params = copy.deepcopy(load_params(REPO / "params.yaml"))
+    params["data"]["source"] = "synthetic"
+    params["data"]["synthetic"] = {"num_train": 16, "num_minival": 8, "num_testdev": 8, "seed": 0}
+    params["train"] = {"device": "cpu", "gpus": 1, "num_workers": 0, "amp": False, "log_interval": 2,
+                       "keep_checkpoints": 2}
+    params["evaluate"] = {"splits": ["minival", "test-dev"], "max_dets": 100, "batch_size": 4}
+    params["models"] = {
+        TINY_MODEL: {
+            "preset": "faster_rcnn_r50_fpn_1x",
+            "scale": "cpu",
+            "overrides": {"schedule": {"epochs": 2, "images_per_gpu": 4, "lr": 0.01, "warmup_iters": 2,
+                                       "lr_steps": [1.5]}},
+        }
+    }
+    return params
+
+
+def write_params(params: dict, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """A prepared tiny synthetic dataset; returns its manifest file."""
+    import subprocess
+    import sys
+
+    d = tmp_path_factory.mktemp("tiny_data")
+    params_file = write_params(tiny_params(), d / "params.yaml")
+    out = d / "prepared"
+    subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(params_file), "--out", str(out)],
+                   cwd=REPO, check=True, capture_output=True, text=True)
+    return out / "manifest.json"
