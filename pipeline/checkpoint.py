@@ -120,6 +120,13 @@ class CheckpointManager:
             )
         return record
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporaries a killed writer left behind (``.<name>.*.tmp``); complete files are untouched."""
+        stale = list(self.directory.glob(".*.tmp")) if self.directory.exists() else []
+        for p in stale:
+            p.unlink()
+        return stale
+
     def save(self, state: dict[str, Any], epoch: int, iteration: int, fingerprint: str) -> Path:
         """Write ``state`` as the checkpoint of ``epoch`` and point latest.json at it."""
         name = f"epoch_{epoch:04d}.pth"

@@ -218,6 +218,8 @@ class Trainer:
 
         A checkpoint of a different configuration is moved to ``previous/``, not deleted.
         """
+        if self.dist.is_main:
+            self.checkpoints.remove_stale_temporaries()
         record = self.checkpoints.latest()
         if record is None:
             return 0

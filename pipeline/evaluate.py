@@ -49,7 +49,7 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint}: no trained model; run the train stage first")
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build_model(state["detector"], state["model_cfg"], state["num_classes"])
+    model = build_model(state["detector"], state["model_cfg"], state["num_classes"], load_pretrained=False)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, state

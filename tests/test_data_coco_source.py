@@ -78,8 +78,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if with_body:
-            self.wfile.write(body)
+            # Recorded before writing: the client may return (and the test read the log)
+            # as soon as the last byte arrives, before this thread runs again.
             entry["sent"] = len(body)
+            self.wfile.write(body)
 
     def do_GET(self) -> None:
         self._respond(with_body=True)

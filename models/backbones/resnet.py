@@ -1,0 +1,309 @@
+"""ResNet / ResNeXt backbone with configurable width, normalisation and freezing.
+
+Parameter names follow torchvision's ``resnet``/``resnext`` exactly (``conv1``, ``bn1``,
+``layer1.0.conv1``, ..., ``layerK.0.downsample.0``/``.1``), so a torchvision ImageNet
+state dict loads into it unchanged (the classifier ``fc.*`` is dropped).
+
+"pytorch" style as in torchvision and mmdetection's default: in a bottleneck the stride-2
+sits on the 3x3 conv (not on the first 1x1 as in the "caffe" style).
+
+Widths: stage ``i`` (0-based) has ``base_channels * 2**i`` planes; a bottleneck's inner
+width is ``int(planes * width_per_group / 64) * groups`` (torchvision's and mmdetection's
+ResNeXt rule), its output ``4 * planes``. ``base_channels=64`` is the standard network,
+``32`` is the half-width network used at the CPU scale. ResNeXt-101 64x4d is
+``depth=101, groups=64, width_per_group=4``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from models.layers.norm import build_norm
+
+# depth -> (block kind, blocks per stage)
+ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+
+STAGE_STRIDES = (4, 8, 16, 32)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with an identity (or 1x1-projected) shortcut. Output channels = ``planes``."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        width_per_group: int = 64,
+        norm: str = "bn",
+    ) -> None:
+        super().__init__()
+        if groups != 1 or width_per_group != 64:
+            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = build_norm(norm, planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = build_norm(norm, planes)
+        self.downsample = downsample
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided, grouped), 1x1 expand. Output channels = ``4 * planes``."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        width_per_group: int = 64,
+        norm: str = "bn",
+    ) -> None:
+        super().__init__()
+        width = int(planes * (width_per_group / 64.0)) * groups
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = build_norm(norm, width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = build_norm(norm, width)
+        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
+        self.bn3 = build_norm(norm, planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    @property
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _load_state_dict_source(pretrained: str) -> dict[str, Tensor]:
+    """Read a torchvision-format state dict from a file path or ``torchvision://<model name>``.
+
+    ``torchvision://resnet50`` resolves to torchvision's ``IMAGENET1K_V1`` weights (the
+    ones mmdetection's ``torchvision://resnet50`` meant), downloaded to the torch hub cache
+    on first use. A file may hold the bare state dict or wrap it under ``state_dict`` or
+    ``model``.
+    """
+    if pretrained.startswith("torchvision://"):
+        import torchvision
+
+        name = pretrained[len("torchvision://"):]
+        try:
+            weights_enum = torchvision.models.get_model_weights(name)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"pretrained={pretrained!r}: torchvision has no model named {name!r}") from e
+        try:
+            return weights_enum.IMAGENET1K_V1.get_state_dict(progress=False)
+        except Exception as e:  # network or cache failure: say what to do instead
+            raise RuntimeError(
+                f"pretrained={pretrained!r}: could not fetch torchvision weights ({e}); download them "
+                "on a connected machine and pass the .pth file path instead"
+            ) from e
+    try:
+        obj = torch.load(pretrained, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"pretrained backbone weights not found: {pretrained}") from e
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{pretrained}: expected a state dict, got {type(obj).__name__}")
+    return obj
+
+
+class ResNet(nn.Module):
+    """ResNet/ResNeXt feature extractor returning the outputs of selected stages.
+
+    Args:
+        depth: 18, 34, 50, 101 or 152.
+        base_channels: stem width and planes of the first stage (64 standard, 32 half width).
+        groups: grouped-conv groups of the bottleneck 3x3 (ResNeXt), 1 for ResNet.
+        width_per_group: bottleneck width per group (64 for ResNet, 4 for ResNeXt 64x4d).
+        norm: ``"bn"``, ``"frozen_bn"`` or ``"gn"`` (see :mod:`models.layers.norm`).
+        frozen_stages: -1 freezes nothing; 0 freezes the stem (conv1, bn1); k >= 1 also
+            freezes ``layer1`` .. ``layerk`` (``requires_grad=False`` and norm layers in eval
+            mode), as mmdetection.
+        norm_eval: keep every BatchNorm in eval mode during training (running statistics
+            frozen; the affine parameters still train unless their stage is frozen).
+        out_indices: stages to return, 0 = ``layer1`` (C2, stride 4) .. 3 = ``layer4`` (C5,
+            stride 32).
+        zero_init_residual: zero-initialise the last norm weight of every residual block
+            (mmdetection's default; helps training from scratch). Ignored when
+            ``pretrained`` weights are loaded.
+        pretrained: ``None``, a path to a torchvision-format state dict, or
+            ``"torchvision://<name>"`` (e.g. ``resnet50``).
+
+    Attributes:
+        out_channels: channels of each returned stage, in ``out_indices`` order.
+        strides: stride (input pixels per feature pixel) of each returned stage.
+
+    Forward:
+        ``x``: FloatTensor[B, 3, H, W] (normalised image) ->
+        list of FloatTensor[B, out_channels[i], ceil(H / strides[i]), ceil(W / strides[i])].
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        base_channels: int = 64,
+        groups: int = 1,
+        width_per_group: int = 64,
+        norm: str = "bn",
+        frozen_stages: int = -1,
+        norm_eval: bool = True,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        zero_init_residual: bool = True,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        if depth not in ARCH_SETTINGS:
+            raise ValueError(f"ResNet depth {depth} not in {sorted(ARCH_SETTINGS)}")
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(i < 0 or i > 3 for i in out_indices) or list(out_indices) != sorted(set(out_indices)):
+            raise ValueError(f"out_indices must be increasing stage indices in 0..3, got {out_indices}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        kind, stage_blocks = ARCH_SETTINGS[depth]
+        block = BasicBlock if kind == "basic" else Bottleneck
+        self.depth = depth
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.out_indices = out_indices
+
+        self.conv1 = nn.Conv2d(3, base_channels, 7, stride=2, padding=3, bias=False)
+        self.bn1 = build_norm(norm, base_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        inplanes = base_channels
+        stage_channels = []
+        for i, num_blocks in enumerate(stage_blocks):
+            planes = base_channels * 2**i
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or inplanes != planes * block.expansion:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                    build_norm(norm, planes * block.expansion),
+                )
+            blocks = [block(inplanes, planes, stride, downsample, groups, width_per_group, norm)]
+            inplanes = planes * block.expansion
+            blocks += [block(inplanes, planes, 1, None, groups, width_per_group, norm) for _ in range(1, num_blocks)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+            stage_channels.append(inplanes)
+
+        self.out_channels: list[int] = [stage_channels[i] for i in out_indices]
+        self.strides: list[int] = [STAGE_STRIDES[i] for i in out_indices]
+
+        self._init_weights(zero_init_residual and pretrained is None)
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+        self._freeze_stages()
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    norm = m.last_norm
+                    if isinstance(norm, (nn.BatchNorm2d, nn.GroupNorm)):
+                        nn.init.zeros_(norm.weight)
+
+    def load_pretrained(self, pretrained: str) -> None:
+        """Load torchvision-format weights; the classifier (``fc.*``) is ignored.
+
+        Raises ``RuntimeError`` naming the keys when the checkpoint does not fit (e.g. a
+        standard-width checkpoint into ``base_channels=32``, or BN statistics into GN).
+        """
+        state = _load_state_dict_source(pretrained)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = self.state_dict()
+        mismatched = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items()
+            if k in own and own[k].shape != v.shape
+        ]
+        if mismatched:
+            raise RuntimeError(f"{pretrained}: shape mismatch for {len(mismatched)} tensors, e.g. {mismatched[:3]}")
+        result = self.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+        unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{pretrained}: checkpoint does not match the backbone; missing {missing[:5]} "
+                f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+            )
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        mods: list[nn.Module] = []
+        if self.frozen_stages >= 0:
+            mods += [self.conv1, self.bn1]
+        for i in range(1, self.frozen_stages + 1):
+            mods.append(getattr(self, f"layer{i}"))
+        return mods
+
+    def _freeze_stages(self) -> None:
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """Switch mode, keeping frozen stages (and all BN layers if ``norm_eval``) in eval mode."""
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        outs = []
+        last = self.out_indices[-1]
+        for i in range(last + 1):
+            x = getattr(self, f"layer{i + 1}")(x)
+            if i in self.out_indices:
+                outs.append(x)
+        return outs

@@ -1,0 +1,123 @@
+"""Building a detector from the plain configuration dict of a preset (see :mod:`models.presets`).
+
+Every leaf section maps one-to-one onto a constructor's keyword arguments, so a key in
+``params.yaml`` is the argument name in the code. Channel counts that follow from other
+parts (FPN inputs = backbone outputs, head inputs = FPN width, box head input size = RoI
+output size, number of classes) are filled in here, not configured.
+
+Model config layout::
+
+    backbone: ResNet kwargs
+    neck: FPN kwargs (without in_channels)
+    rpn_head:
+      feat_channels, allowed_border, loss_cls_weight, loss_bbox_beta, loss_bbox_weight
+      anchor_generator: AnchorGenerator kwargs
+      bbox_coder: DeltaXYWHBBoxCoder kwargs
+      assigner: MaxIoUAssigner kwargs
+      sampler: RandomSampler kwargs
+      train_proposals, test_proposals: ProposalConfig kwargs
+    roi_head:
+      bbox_roi_extractor: SingleRoIExtractor kwargs
+      bbox_head: Shared2FCBBoxHead kwargs (without in_channels, roi_feat_size, num_classes)
+      assigner, sampler: as above
+      test: {score_thr, nms_iou, max_per_img}
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from models.backbones.resnet import ResNet
+from models.dense_heads.rpn_head import ProposalConfig, RPNHead
+from models.detectors.two_stage import FasterRCNN
+from models.necks.fpn import FPN
+from models.roi_heads.bbox_head import Shared2FCBBoxHead
+from models.roi_heads.roi_extractor import SingleRoIExtractor
+from models.roi_heads.standard_roi_head import StandardRoIHead
+from models.task_modules.anchor_generator import AnchorGenerator
+from models.task_modules.assigners import MaxIoUAssigner
+from models.task_modules.box_coder import DeltaXYWHBBoxCoder
+from models.task_modules.samplers import RandomSampler
+
+DETECTORS = ("faster_rcnn",)
+
+
+def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    if key not in cfg or not isinstance(cfg[key], dict):
+        raise KeyError(f"model config: missing section {where}{key}")
+    return dict(cfg[key])
+
+
+def _make(cls: type, kwargs: dict[str, Any], where: str) -> Any:
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise TypeError(f"model config {where}: {e}") from e
+
+
+def build_backbone(cfg: dict[str, Any]) -> ResNet:
+    return _make(ResNet, cfg, "backbone")
+
+
+def build_neck(cfg: dict[str, Any], in_channels: list[int]) -> FPN:
+    return _make(FPN, {**cfg, "in_channels": in_channels}, "neck")
+
+
+def build_rpn_head(cfg: dict[str, Any], in_channels: int) -> RPNHead:
+    cfg = dict(cfg)
+    w = "rpn_head."
+    parts = {
+        "anchor_generator": _make(AnchorGenerator, _section(cfg, "anchor_generator", w), w + "anchor_generator"),
+        "bbox_coder": _make(DeltaXYWHBBoxCoder, _section(cfg, "bbox_coder", w), w + "bbox_coder"),
+        "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+        "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+        "train_proposals": _make(ProposalConfig, _section(cfg, "train_proposals", w), w + "train_proposals"),
+        "test_proposals": _make(ProposalConfig, _section(cfg, "test_proposals", w), w + "test_proposals"),
+    }
+    for key in parts:
+        cfg.pop(key)
+    return _make(RPNHead, {**cfg, **parts, "in_channels": in_channels}, "rpn_head")
+
+
+def build_standard_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> StandardRoIHead:
+    w = "roi_head."
+    extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
+    bbox_head = _make(
+        Shared2FCBBoxHead,
+        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.output_size,
+         "num_classes": num_classes},
+        w + "bbox_head",
+    )
+    return _make(
+        StandardRoIHead,
+        {
+            "bbox_roi_extractor": extractor,
+            "bbox_head": bbox_head,
+            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_section(cfg, "test", w),
+        },
+        "roi_head",
+    )
+
+
+def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load_pretrained: bool = True) -> nn.Module:
+    """Build detector ``detector`` (one of :data:`DETECTORS`) from a preset's ``model`` section.
+
+    ``num_classes`` counts foreground classes only (80 for COCO). ``load_pretrained=False``
+    skips the backbone's ``pretrained`` weights (e.g. when a trained checkpoint is loaded
+    right after, so an offline machine never tries to fetch ImageNet weights).
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if detector == "faster_rcnn":
+        backbone_cfg = _section(model_cfg, "backbone", "")
+        if not load_pretrained:
+            backbone_cfg["pretrained"] = None
+        backbone = build_backbone(backbone_cfg)
+        neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
+        rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
+        roi_head = build_standard_roi_head(_section(model_cfg, "roi_head", ""), neck.out_channels, num_classes)
+        return FasterRCNN(backbone, neck, rpn_head, roi_head)
+    raise ValueError(f"unknown detector {detector!r}; known: {DETECTORS}")

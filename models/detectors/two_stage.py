@@ -1,0 +1,104 @@
+"""Two-stage detectors: backbone -> neck -> RPN -> RoI head.
+
+The call contract shared by every detector of the package (the engine and the evaluator
+rely on it)::
+
+    model(images, image_sizes, targets=None)
+
+- ``images``: FloatTensor[B, 3, Hp, Wp], normalised, zero-padded at the bottom/right.
+- ``image_sizes``: unpadded (h, w) of every image.
+- ``targets`` (training): per image a dict with ``boxes`` FloatTensor[N, 4] (xyxy input
+  pixels), ``labels`` LongTensor[N] in 0..num_classes-1 and optionally ``ignore_boxes``
+  FloatTensor[M, 4] (crowd regions, used when an assigner's ``ignore_iof_thr >= 0``);
+  other keys are ignored. N may be 0.
+
+Training returns a dict of weighted scalar losses (keys starting with ``loss``) plus
+logging scalars (``acc``); evaluation returns per image a dict with ``boxes``
+FloatTensor[K, 4] (input pixels, clipped to the image), ``scores`` FloatTensor[K] and
+``labels`` LongTensor[K].
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from models.dense_heads.rpn_head import RPNHead
+from models.roi_heads.standard_roi_head import StandardRoIHead
+
+
+def unpack_targets(targets: Sequence[dict[str, Tensor]], device: torch.device, num_classes: int | None = None
+                   ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """Per-image gt boxes FloatTensor[N, 4], labels LongTensor[N] and ignore boxes (or None).
+
+    With ``num_classes``, labels outside ``0 .. num_classes - 1`` raise a ``ValueError``
+    naming the image (instead of an index error deep inside a loss).
+    """
+    boxes, labels, ignore = [], [], []
+    for i, t in enumerate(targets):
+        lab = t["labels"].reshape(-1)
+        if num_classes is not None and lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
+            raise ValueError(f"image {i} of the batch: labels {lab.tolist()} outside 0..{num_classes - 1}")
+        if t["boxes"].reshape(-1, 4).shape[0] != lab.numel():
+            raise ValueError(f"image {i} of the batch: {t['boxes'].shape[0]} boxes but {lab.numel()} labels")
+        boxes.append(t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4))
+        labels.append(lab.to(device=device, dtype=torch.long))
+        ign = t.get("ignore_boxes")
+        ignore.append(None if ign is None else ign.to(device=device, dtype=torch.float32).reshape(-1, 4))
+    return boxes, labels, ignore
+
+
+class TwoStageDetector(nn.Module):
+    """Generic two-stage detector.
+
+    Args:
+        backbone: image -> list of feature maps (e.g. :class:`~models.backbones.resnet.ResNet`).
+        neck: feature maps -> pyramid (e.g. :class:`~models.necks.fpn.FPN`).
+        rpn_head: proposals from the pyramid.
+        roi_head: detections from the pyramid and proposals.
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, rpn_head: RPNHead, roi_head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.rpn_head = rpn_head
+        self.roi_head = roi_head
+
+    def extract_feat(self, images: Tensor) -> list[Tensor]:
+        """FloatTensor[B, 3, Hp, Wp] -> pyramid levels FloatTensor[B, C, H_l, W_l]."""
+        return self.neck(self.backbone(images))
+
+    def forward(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
+        if len(image_sizes) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(image_sizes)} image sizes")
+        features = self.extract_feat(images)
+        if self.training:
+            if targets is None or len(targets) != images.shape[0]:
+                raise ValueError("training needs one target dict per image")
+            num_classes = getattr(self.roi_head, "num_classes", None)
+            gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, num_classes)
+            losses = {}
+            rpn_losses, proposals = self.rpn_head.forward_train(features, image_sizes, gt_boxes, gt_ignore)
+            losses.update(rpn_losses)
+            losses.update(self.roi_head.forward_train(features, proposals, gt_boxes, gt_labels, gt_ignore))
+            return losses
+        proposals, _ = self.rpn_head.simple_test(features, image_sizes)
+        return self.roi_head.simple_test(features, proposals, image_sizes)
+
+
+class FasterRCNN(TwoStageDetector):
+    """Faster R-CNN (Ren et al. 2015) with FPN: a :class:`TwoStageDetector` whose second stage
+    is a :class:`~models.roi_heads.standard_roi_head.StandardRoIHead`."""
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, rpn_head: RPNHead, roi_head: StandardRoIHead) -> None:
+        if not isinstance(roi_head, StandardRoIHead):
+            raise TypeError(f"FasterRCNN needs a StandardRoIHead, got {type(roi_head).__name__}")
+        super().__init__(backbone, neck, rpn_head, roi_head)
