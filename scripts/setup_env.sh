@@ -22,7 +22,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   $PY -m venv "$VENV"
 fi
 echo "[setup] installing pinned dependencies (requirements.lock); the first time takes a few minutes"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+# Some machines list local package mirrors that lack a few folders; pip warns once per
+# package about them. Those lines are dropped; pip's own exit status still decides.
+quiet_mirrors() { grep -v "^WARNING: Location 'file://" || true; }
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.lock 2>&1 | quiet_mirrors
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | quiet_mirrors
 echo "$want" > "$STAMP"
 echo "[setup] environment ready: $VENV"

@@ -18,12 +18,20 @@ The scene model:
   ``"shape"``;
 * images with a short side of 160 px and a long side of 160..224 px, landscape, portrait or
   square; backgrounds are a smooth colour gradient plus low-contrast blurred blobs plus
-  pixel noise; each object gets a colour that contrasts with what lies under it;
+  pixel noise;
+* categories differ in shape and in colour: each category draws its hue from its own band
+  (:data:`HUE_BAND_DEGREES` wide around ``72° x category index``, so neighbouring bands
+  overlap at their edges) with random saturation and brightness, choosing among a few
+  such candidates the one that contrasts most with what lies under it. Real categories
+  differ in appearance as well as outline; with colour independent of the category, a
+  half-width ResNet-18 Faster R-CNN trained for 750 iterations classified the shapes at
+  chance (minival AP50 0.13, classification of matched boxes 25 %), so the default
+  pipeline could not compare detectors at a CPU budget;
 * 1-6 objects per image whose mask areas follow the COCO area ranges (small < 32^2,
   medium 32^2..96^2, large > 96^2 pixels), smallest side about 10 px;
 * occlusion: objects are painted in order and later ones cover earlier ones. Annotations
   describe the visible part (own mask minus the masks painted after it). A placement that
-  would leave an earlier object less than 30 % visible, below :data:`MIN_VISIBLE_PIXELS`,
+  would leave an earlier object less than 50 % visible, below :data:`MIN_VISIBLE_PIXELS`,
   in a smaller COCO area range than its whole shape, or with a hole (which a COCO polygon
   cannot represent) is re-drawn elsewhere or dropped before it is painted, so every painted
   object is annotated and the area-range mix stays as sampled (about 35 / 45 / 20 %);
@@ -91,7 +99,8 @@ AREA_LARGE = 96**2
 # visible areas (see the summary printed by the prepare stage).
 AREA_RANGE_PROBS = (0.30, 0.43, 0.27)
 MIN_OBJECT_SIDE = 10.0  # pixels, the smaller side of an object's box before occlusion
-MIN_VISIBLE_FRACTION = 0.30
+MIN_VISIBLE_FRACTION = 0.50
+HUE_BAND_DEGREES = 100.0  # width of a category's hue band; centres are 72 degrees apart
 MIN_VISIBLE_PIXELS = 30
 CROWD_PROB = 0.05
 LARGE_FIRST_PROB = 0.75  # probability that an image's objects are painted largest first
@@ -268,18 +277,29 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return (img + blobs + coarse).astype(np.float32)
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
-    """An RGB colour [3] far (L2 >= 100) from the mean colour ``under`` [K, 3] where possible."""
+def _category_colour(rng: np.random.Generator, kind: str, under: np.ndarray) -> np.ndarray:
+    """An RGB colour [3] of category ``kind``'s hue band, the most contrasting of 8 candidates
+    with the mean colour of ``under`` [K, 3]."""
+    centre = 72.0 * CATEGORY_KINDS.index(kind)
+    hues = (centre + rng.uniform(-HUE_BAND_DEGREES / 2, HUE_BAND_DEGREES / 2, 8)) % 360.0
+    sat = rng.uniform(0.55, 1.0, 8)
+    val = rng.uniform(0.35, 1.0, 8)
+    # HSV -> RGB (vectorised), 0..255
+    h6 = hues / 60.0
+    c = val * sat
+    x = c * (1.0 - np.abs(h6 % 2.0 - 1.0))
+    zero = np.zeros_like(c)
+    sector = np.floor(h6).astype(int) % 6
+    table = [(c, x, zero), (x, c, zero), (zero, c, x), (zero, x, c), (x, zero, c), (c, zero, x)]
+    rgb = np.stack([np.choose(sector, [t[k] for t in table]) for k in range(3)], axis=1)
+    candidates = (rgb + (val - c)[:, None]) * 255.0
     ref = under.mean(axis=0) if len(under) else np.full(3, 128.0)
-    candidates = rng.uniform(0.0, 255.0, (24, 3))
-    dist = np.linalg.norm(candidates - ref[None, :], axis=1)
-    good = np.flatnonzero(dist >= 100.0)
-    return candidates[good[0]] if len(good) else candidates[int(np.argmax(dist))]
+    return candidates[int(np.argmax(np.linalg.norm(candidates - ref[None, :], axis=1)))]
 
 
-def _paint(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
-    """Paint ``mask`` (bool [H, W]) onto ``canvas`` [H, W, 3] with a contrasting, softly shaded colour."""
-    colour = _contrasting_colour(rng, canvas[mask])
+def _paint(canvas: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kind: str) -> None:
+    """Paint ``mask`` (bool [H, W]) onto ``canvas`` [H, W, 3] in a softly shaded colour of ``kind``'s band."""
+    colour = _category_colour(rng, kind, canvas[mask])
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     theta = rng.uniform(0.0, 2.0 * np.pi)
@@ -354,7 +374,7 @@ def render_image(rng: np.random.Generator, crowd_prob: float = CROWD_PROB) -> tu
                 for i, vis in updates:
                     objects[i].visible = vis
                 objects.append(_Object(mask, mask.copy(), _KIND_TO_ID[kind_used], iscrowd, full_area))
-                _paint(canvas, mask, rng)
+                _paint(canvas, mask, rng, kind_used)
                 break
 
     sigma = rng.uniform(3.0, 8.0)
