@@ -12,8 +12,11 @@ test-dev additionally gets the COCO submission file
 test-dev has no public annotations, so it is only scored where annotations exist (the
 synthetic split has them); otherwise its metrics file says ``"scored": false``.
 
-Each scored split gets ``metrics/<model>/<split>.json`` (a DVC metrics file) and an MLflow
-run tagged ``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task.
+Each scored split gets ``metrics/<model>/<split>.json`` (a DVC metrics file), its
+precision-recall curves per IoU threshold (``metrics/<model>/pr_<split>_<task>.csv`` for
+``dvc plots``, ``results/<model>/pr_<split>_<task>.png``) and an MLflow run tagged
+``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task and the curves as
+artifacts.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from pipeline.checkpoint import CheckpointManager
 from pipeline.config import load_params
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
+from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv
 from pipeline.evaluation import (
     coco_evaluate,
     detections_to_coco,
@@ -148,10 +152,18 @@ def evaluate_model(
             for iou_type, records in (("bbox", bbox), ("segm", segm)):
                 if iou_type == "segm" and not segm:
                     continue
-                stats, _, text = coco_evaluate(gt, records, iou_type, image_ids)
+                stats, ev, text = coco_evaluate(gt, records, iou_type, image_ids)
                 metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
                 summaries[iou_type] = text
                 print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
+                if ev is not None:
+                    curves = pr_curves(ev)
+                    csv_path = Path(metrics_root) / model_name / f"pr_{split_name}_{iou_type}.csv"
+                    png_path = results_dir / f"pr_{split_name}_{iou_type}.png"
+                    write_curves_csv(curves, csv_path)
+                    plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
+                                                     f"{dataset_description(manifest, split_name, len(dataset))}")
+                    files += [csv_path, png_path]
         else:
             metrics["reason"] = "no annotations for this split (real COCO test-dev): submit the zip to the COCO server"
         out = Path(metrics_root) / model_name / f"{split_name}.json"
@@ -179,7 +191,7 @@ def evaluate_model(
             tracker.flush()
             tracker.log_artifact(out)
             for f in files:
-                if f.suffix == ".zip":
+                if f.suffix in (".zip", ".png", ".csv"):
                     tracker.log_artifact(f)
     return all_metrics
 

@@ -67,6 +67,10 @@ def test_dvc_repro_end_to_end_then_nothing_then_only_dependents(repo_copy):
     readme = (repo_copy / "README.md").read_text()
     assert f"| {TINY_MODEL} |" in readme and "No results yet" not in readme
     assert (repo_copy / "reports/results.md").exists()
+    for fig in ("pr_frcnn_tiny_minival.png", "train_frcnn_tiny.png", "predictions_frcnn_tiny.png"):
+        assert (repo_copy / "reports/figures" / fig).stat().st_size > 1000, fig
+    assert "reports/figures/pr_frcnn_tiny_minival.png" in readme
+    assert (repo_copy / f"metrics/{TINY_MODEL}/pr_minival_bbox.csv").exists()
     # The store is SQLite in the copy's root and holds a finished train run and evaluate runs.
     con = sqlite3.connect(repo_copy / "mlflow.db")
     statuses = con.execute("select status from runs").fetchall()

@@ -44,7 +44,8 @@ def test_report_uses_the_newest_finished_run_and_rewrites_the_readme(tmp_path, p
     write_metrics(metrics, "m_report", "test-dev", stats_with(0.25), dataset="synthetic test-dev (8 images)")
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
-    md = write_report(params, readme=readme, reports_dir=tmp_path / "reports", metrics_root=metrics)
+    md = write_report(params, readme=readme, reports_dir=tmp_path / "reports", metrics_root=metrics,
+                      checkpoint_root=None)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# T\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
     row = next(line for line in text.splitlines() if line.startswith("| m_report"))

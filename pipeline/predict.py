@@ -1,0 +1,249 @@
+"""Run a trained detector on image files: COCO result records and pictures of the detections.
+
+    python -m pipeline.predict --checkpoint checkpoints/faster_rcnn_r50_fpn/model_final.pth \\
+        --input IMAGE_OR_FOLDER --out DIR [--score-thr 0.3] [--device auto] [--batch-size 4]
+
+``--input`` is one image or a folder, whose ``.jpg``/``.jpeg``/``.png`` files are read in
+sorted order (grayscale, RGBA and palette images are converted to RGB). Each image gets
+the checkpoint's test transform (its ``data.test_scale``, no flip) and the detector runs
+under ``torch.no_grad``. Written to ``DIR``:
+
+* ``predictions.json``: COCO result records ``{"image_id", "file_name", "category_id",
+  "bbox": [x, y, w, h], "score"}`` with ``image_id`` the image's index in the sorted list,
+  ``category_id`` the COCO id of the class and the box in original image pixels; every
+  detection the model returns, at most 100 per image, highest score first;
+* ``<stem>.png`` per image: the detections scoring at least ``--score-thr`` drawn on the
+  image (upscaled when small, see :mod:`pipeline.visualize`). When two inputs share a
+  stem (``a.jpg``, ``a.png``) their pictures are named ``a_jpg.png`` and ``a_png.png``.
+
+A missing checkpoint or input, an unreadable checkpoint, an undecodable image or a folder
+without images ends the command with a message naming the file and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.data.collate import collate_detection
+from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
+from pipeline.engine import resolve_device
+from pipeline.errors import ConfigError, DataError
+from pipeline.evaluate import load_trained_model
+from pipeline.evaluation import detections_to_coco, paste_masks, to_original_coords, write_results
+from pipeline.visualize import draw_detections, save_png
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+EXIT_BAD_INPUT = 2
+
+
+def list_images(source: Path) -> list[Path]:
+    """The image files to predict: ``source`` itself, or a folder's .jpg/.jpeg/.png files, sorted.
+
+    Raises DataError when ``source`` does not exist or the folder holds no such file.
+    """
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not paths:
+            raise DataError(f"{source}: folder holds no image (.jpg, .jpeg, .png)")
+        return paths
+    raise DataError(f"{source}: input not found")
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Picture file name per input: ``<stem>.png``, or ``<stem>_<ext>.png`` where stems collide."""
+    counts = Counter(p.stem for p in paths)
+    return [f"{p.stem}.png" if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}.png" for p in paths]
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode an image file as uint8 [H, W, 3] RGB; DataError naming the file if it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image: {e}") from e
+
+
+def build_test_transforms(data_cfg: dict[str, Any]) -> DetectionTransforms:
+    """The test transform of a model's ``data`` configuration: ``test_scale``, no flip, its mean/std
+    (as :func:`pipeline.data.dataset.build_dataset` builds it for a test split)."""
+    if "test_scale" not in data_cfg:
+        raise ConfigError(f"checkpoint's data configuration lacks 'test_scale' (have: {sorted(data_cfg)})")
+    return DetectionTransforms(
+        scales=[tuple(data_cfg["test_scale"])],
+        flip_ratio=0.0,
+        mean=data_cfg.get("mean", IMAGENET_MEAN),
+        std=data_cfg.get("std", IMAGENET_STD),
+    )
+
+
+def class_names_of(state: dict[str, Any]) -> list[str]:
+    """Name of each contiguous label, from the checkpoint's ``categories`` (the COCO id where unnamed)."""
+    names = {int(c["id"]): str(c["name"]) for c in state.get("categories", [])}
+    return [names.get(int(c), str(c)) for c in state["cat_ids"]]
+
+
+def iter_predictions(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    paths: Sequence[Path],
+    device: torch.device,
+    score_thr: float = 0.3,
+    batch_size: int = 4,
+    max_dets: int = 100,
+) -> Iterator[dict[str, Any]]:
+    """Predict ``paths`` batch by batch, yielding one result per image in order.
+
+    Args:
+        model: the detector of ``state`` (eval mode), on ``device``.
+        state: the checkpoint dict (``config``, ``cat_ids``, ``categories``).
+        paths: image files; an image's ``image_id`` is its position in ``paths``.
+        device: where the model runs.
+        score_thr: detections scoring below it are left out of the picture (not the records).
+        batch_size: images per forward pass.
+        max_dets: at most this many records per image, highest score first.
+
+    Yields:
+        dicts with ``image_id`` int, ``path`` Path, ``file_name`` str, ``orig_size``
+        (h0, w0), ``records`` (COCO bbox result records plus ``file_name``, original image
+        pixels) and ``picture`` UInt8Tensor [3, H, W] (the detections drawn, see
+        :func:`pipeline.visualize.draw_detections`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    data_cfg = state["config"]["data"]
+    transforms = build_test_transforms(data_cfg)
+    size_divisor = int(data_cfg.get("size_divisor", 32))
+    cat_ids = [int(c) for c in state["cat_ids"]]
+    class_names = class_names_of(state)
+    rng = np.random.default_rng(0)  # one test scale and no flip: nothing is random
+    model.eval()
+    with tqdm(total=len(paths), desc="predict", unit="img") as bar:
+        for start in range(0, len(paths), batch_size):
+            batch_paths = list(paths[start : start + batch_size])
+            originals = [read_rgb(p) for p in batch_paths]
+            samples = []
+            for offset, image in enumerate(originals):
+                target = {"image_id": start + offset, "orig_size": tuple(image.shape[:2])}
+                samples.append(transforms(image, target, rng))
+            images, image_sizes, targets = collate_detection(samples, size_divisor=size_divisor)
+            with torch.no_grad():
+                outputs = model(images.to(device), image_sizes, None)
+            for path, image, out, tgt in zip(batch_paths, originals, outputs, targets):
+                records, _ = detections_to_coco(out, tgt, cat_ids, max_dets=max_dets)
+                for r in records:
+                    r["file_name"] = path.name
+                yield {
+                    "image_id": int(tgt["image_id"]),
+                    "path": path,
+                    "file_name": path.name,
+                    "orig_size": tgt["orig_size"],
+                    "records": records,
+                    "picture": _draw(image, out, tgt, class_names, score_thr),
+                }
+                bar.update(1)
+
+
+def _draw(
+    image: np.ndarray, out: dict[str, torch.Tensor], target: dict[str, Any], class_names: list[str], score_thr: float
+) -> torch.Tensor:
+    """Picture of one image's detections: uint8 [H0, W0, 3] image + resized-image output -> [3, H, W]."""
+    boxes = to_original_coords(out["boxes"], target["scale_factor"], target["orig_size"])
+    scores = out["scores"].detach().float().cpu()
+    labels = out["labels"].detach().cpu()
+    masks = None
+    if "masks" in out:
+        keep = scores >= score_thr
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        masks = torch.from_numpy(paste_masks(out["masks"][keep.to(out["masks"].device)], boxes, target["orig_size"]))
+        masks = masks.bool()
+    chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    return draw_detections(chw, boxes, labels, scores, class_names, masks=masks, score_thr=score_thr)
+
+
+def predict_images(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    paths: Sequence[Path],
+    device: torch.device,
+    score_thr: float = 0.3,
+    batch_size: int = 4,
+) -> list[dict[str, Any]]:
+    """All of :func:`iter_predictions` as a list (one dict per image, pictures included)."""
+    return list(iter_predictions(model, state, paths, device, score_thr=score_thr, batch_size=batch_size))
+
+
+def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """:func:`pipeline.evaluate.load_trained_model`, with a DataError naming the file when it
+    is missing or is not a detector checkpoint."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: checkpoint not found")
+    try:
+        return load_trained_model(checkpoint, device)
+    except Exception as e:  # unpickling and rebuilding arbitrary bytes can fail in any way
+        raise DataError(f"{checkpoint}: not a usable detector checkpoint: {type(e).__name__}: {e}") from e
+
+
+def run_predict(
+    checkpoint: Path,
+    source: Path,
+    out_dir: Path,
+    score_thr: float = 0.3,
+    device: str = "auto",
+    batch_size: int = 4,
+) -> list[dict[str, Any]]:
+    """Predict ``source`` with ``checkpoint``; write ``out_dir``/predictions.json and one PNG per image.
+
+    Returns the COCO result records written to predictions.json.
+    """
+    paths = list_images(source)
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device}: {e}") from e
+    model, state = load_checkpoint(checkpoint, dev)
+    out_dir = Path(out_dir)
+    names = output_names(paths)
+    records: list[dict[str, Any]] = []
+    for result in iter_predictions(model, state, paths, dev, score_thr=score_thr, batch_size=batch_size):
+        records.extend(result["records"])
+        save_png(result["picture"], out_dir / names[result["image_id"]])
+    write_results(records, out_dir / "predictions.json")
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a model_final.pth written by the train stage")
+    parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of .jpg/.jpeg/.png")
+    parser.add_argument("--out", type=Path, required=True, help="folder for predictions.json and the pictures")
+    parser.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:
+        records = run_predict(args.checkpoint, args.input, args.out, args.score_thr, args.device, args.batch_size)
+    except (DataError, ConfigError) as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    print(f"[predict] wrote {len(records)} detections to {args.out / 'predictions.json'} and the pictures beside it",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
