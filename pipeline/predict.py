@@ -38,8 +38,8 @@ from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTrans
 from pipeline.engine import resolve_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import load_trained_model
-from pipeline.evaluation import detections_to_coco, paste_masks, to_original_coords, write_results
-from pipeline.visualize import draw_detections, save_png
+from pipeline.evaluation import detections_to_coco, write_results
+from pipeline.visualize import draw_output, save_png
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 EXIT_BAD_INPUT = 2
@@ -151,26 +151,10 @@ def iter_predictions(
                     "file_name": path.name,
                     "orig_size": tgt["orig_size"],
                     "records": records,
-                    "picture": _draw(image, out, tgt, class_names, score_thr),
+                    "picture": draw_output(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), out, tgt,
+                                           class_names, score_thr),
                 }
                 bar.update(1)
-
-
-def _draw(
-    image: np.ndarray, out: dict[str, torch.Tensor], target: dict[str, Any], class_names: list[str], score_thr: float
-) -> torch.Tensor:
-    """Picture of one image's detections: uint8 [H0, W0, 3] image + resized-image output -> [3, H, W]."""
-    boxes = to_original_coords(out["boxes"], target["scale_factor"], target["orig_size"])
-    scores = out["scores"].detach().float().cpu()
-    labels = out["labels"].detach().cpu()
-    masks = None
-    if "masks" in out:
-        keep = scores >= score_thr
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        masks = torch.from_numpy(paste_masks(out["masks"][keep.to(out["masks"].device)], boxes, target["orig_size"]))
-        masks = masks.bool()
-    chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return draw_detections(chw, boxes, labels, scores, class_names, masks=masks, score_thr=score_thr)
 
 
 def predict_images(

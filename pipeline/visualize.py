@@ -198,6 +198,38 @@ def _pad_to(tile: torch.Tensor, height: int, width: int, value: int = 0) -> torc
     return F.pad(tile, (0, width - tile.shape[2], 0, height - tile.shape[1]), value=value)
 
 
+def draw_output(
+    image: torch.Tensor,
+    out: dict[str, torch.Tensor],
+    target: dict[str, Any],
+    class_names: Sequence[str],
+    score_thr: float = 0.3,
+    gt_boxes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Draw one image's detector output on the ORIGINAL image.
+
+    Args:
+        image: UInt8Tensor [3, H0, W0], the original image.
+        out: the detector's output for it (``boxes`` in resized-image pixels, ``scores``,
+            ``labels``, optionally ``masks`` (K, 1, M, M) probabilities).
+        target: the dataset target (``scale_factor``, ``orig_size``) that maps boxes back.
+        gt_boxes: optional FloatTensor [G, 4] original-image boxes drawn thin white.
+    Returns:
+        UInt8Tensor [3, H, W], upscaled as :func:`draw_detections` does.
+    """
+    boxes = to_original_coords(out["boxes"], target["scale_factor"], target["orig_size"])
+    scores = out["scores"].detach().float().cpu()
+    labels = out["labels"].detach().cpu()
+    masks = None
+    if "masks" in out:
+        keep = scores >= score_thr
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        probs = out["masks"][keep.to(out["masks"].device)]
+        masks = torch.from_numpy(paste_masks(probs, boxes, target["orig_size"])).bool()
+    return draw_detections(image, boxes, labels, scores, list(class_names), masks=masks, score_thr=score_thr,
+                           gt_boxes=gt_boxes)
+
+
 @torch.no_grad()
 def prediction_grid(
     model: torch.nn.Module,
@@ -252,21 +284,10 @@ def prediction_grid(
         images, image_sizes, targets = collate_detection([dataset[i] for i in idxs], size_divisor=size_divisor)
         outputs = model(images.to(device), image_sizes, None)
         for idx, out, tgt in zip(idxs, outputs, targets):
-            boxes = to_original_coords(out["boxes"], tgt["scale_factor"], tgt["orig_size"])
-            scores = out["scores"].detach().float().cpu()
-            labels = out["labels"].detach().cpu()
-            masks = None
-            if "masks" in out:
-                keep = scores >= score_thr
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-                probs = out["masks"][keep.to(out["masks"].device)]
-                masks = torch.from_numpy(paste_masks(probs, boxes, tgt["orig_size"])).bool()
             image = torch.from_numpy(dataset.load_image(idx).copy()).permute(2, 0, 1).contiguous()
             tiles.append(
-                draw_detections(
-                    image, boxes, labels, scores, class_names, masks=masks, score_thr=score_thr,
-                    gt_boxes=_ground_truth_boxes(dataset, idx) if gt else None,
-                )
+                draw_output(image, out, tgt, class_names, score_thr,
+                            gt_boxes=_ground_truth_boxes(dataset, idx) if gt else None)
             )
     th = max(t.shape[1] for t in tiles)
     tw = max(t.shape[2] for t in tiles)
