@@ -92,8 +92,8 @@ class TrainResult:
     iterations: int
     epochs: int
     final_losses: dict[str, float]
-    seconds: float
-    seconds_per_iter: float
+    seconds: float  # wall time of this call (0 when a finished run is resumed)
+    seconds_per_iter: float  # training time per iteration over the whole run, resumed parts included
     resumed_from_epoch: int
     world_size: int
     device: str
@@ -197,6 +197,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch = 0
         self.iteration = 0
+        self.train_seconds = 0.0  # wall time spent in training iterations, over all resumed runs
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ state
@@ -211,6 +212,7 @@ class Trainer:
             "iteration": self.iteration,
             "fingerprint": self.fingerprint,
             "history": self.history,
+            "train_seconds": self.train_seconds,
         }
 
     def resume_if_possible(self) -> int:
@@ -241,6 +243,7 @@ class Trainer:
         self.start_epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.dist.is_main:
             print(
                 f"[train] resumed from {self.checkpoints.directory / record['file']} "
@@ -289,7 +292,7 @@ class Trainer:
     def train(self) -> TrainResult:
         resumed = self.resume_if_possible()
         start_time = time.time()
-        iters_this_run = 0
+        epoch_start = start_time
         is_main = self.dist.is_main
         bar = tqdm(
             total=self.max_iters,
@@ -314,7 +317,6 @@ class Trainer:
                     record = distributed.all_reduce_mean(record, self.device)
                 record["lr"] = lr
                 self.iteration += 1
-                iters_this_run += 1
                 row = {"iteration": self.iteration, "epoch": epoch + 1, **record}
                 self.history.append(row)
                 if self.tracker is not None:
@@ -328,6 +330,9 @@ class Trainer:
                     if is_main and not sys.stderr.isatty():
                         items = " ".join(f"{k}={v}" for k, v in shown.items())
                         print(f"[train] epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.max_iters} {items}", flush=True)
+            now = time.time()
+            self.train_seconds += now - epoch_start
+            epoch_start = now
             if is_main:
                 self.checkpoints.save(self.state_dict(epoch + 1), epoch + 1, self.iteration, self.fingerprint)
             distributed.barrier()
@@ -338,7 +343,7 @@ class Trainer:
             epochs=self.epochs,
             final_losses={k: v for k, v in last.items() if k.startswith("loss")} or self._last_logged_losses(),
             seconds=elapsed,
-            seconds_per_iter=elapsed / max(iters_this_run, 1),
+            seconds_per_iter=self.train_seconds / max(self.iteration, 1),
             resumed_from_epoch=resumed,
             world_size=self.dist.world_size,
             device=str(self.device),

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cuda_ops.deform_roi_pool import deform_roi_pool
+from models.roi_heads.roi_extractor import map_roi_levels
 
 __all__ = ["AdaptiveWeightedPool", "DeformRoIPoolingPack", "DiscriminativeRoIExtractor"]
 
@@ -166,11 +167,7 @@ class DiscriminativeRoIExtractor(nn.Module):
 
     def map_roi_levels(self, rois: Tensor) -> Tensor:
         """LongTensor[K]: 0-based level of each RoI (mmdet v1 mapping with the legacy +1)."""
-        w = rois[:, 3] - rois[:, 1] + 1.0
-        h = rois[:, 4] - rois[:, 2] + 1.0
-        scale = torch.sqrt((w * h).clamp(min=0))
-        levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
-        return levels.clamp(min=0, max=self.num_levels - 1).long()
+        return map_roi_levels(rois, self.finest_scale, self.num_levels, offset=1.0)
 
     def forward(self, features: Sequence[Tensor], rois: Tensor) -> Tensor:
         feats = features[: self.num_levels]

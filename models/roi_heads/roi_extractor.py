@@ -29,6 +29,24 @@ def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
     return torch.cat(rois) if rois else torch.zeros((0, 5))
 
 
+def map_roi_levels(rois: Tensor, finest_scale: float, num_levels: int, offset: float = 0.0) -> Tensor:
+    """mmdetection's RoI-to-level mapping: ``floor(log2(sqrt(w*h) / finest_scale + 1e-6))``.
+
+    Args:
+        rois: FloatTensor[K, 5] (batch index, x1, y1, x2, y2) in input pixels.
+        finest_scale: RoIs smaller than ``2 * finest_scale`` go to level 0.
+        num_levels: levels are clamped to ``0 .. num_levels - 1``.
+        offset: added to widths and heights (1.0 for mmdet v1's "+1" convention).
+    Returns:
+        LongTensor[K] of 0-based level indices.
+    """
+    w = rois[:, 3] - rois[:, 1] + offset
+    h = rois[:, 4] - rois[:, 2] + offset
+    scale = torch.sqrt((w * h).clamp(min=0))
+    levels = torch.floor(torch.log2(scale / finest_scale + 1e-6))
+    return levels.clamp(min=0, max=num_levels - 1).long()
+
+
 class SingleRoIExtractor(nn.Module):
     """RoIAlign each RoI on one pyramid level chosen by its scale.
 
@@ -71,11 +89,7 @@ class SingleRoIExtractor(nn.Module):
 
     def map_roi_levels(self, rois: Tensor) -> Tensor:
         """LongTensor[K]: pyramid level index (0-based) of each RoI."""
-        w = rois[:, 3] - rois[:, 1] + self.offset
-        h = rois[:, 4] - rois[:, 2] + self.offset
-        scale = torch.sqrt((w * h).clamp(min=0))
-        levels = torch.floor(torch.log2(scale / self.finest_scale + 1e-6))
-        return levels.clamp(min=0, max=self.num_levels - 1).long()
+        return map_roi_levels(rois, self.finest_scale, self.num_levels, self.offset)
 
     def forward(self, features: Sequence[Tensor], rois: Tensor) -> Tensor:
         feats = features[: self.num_levels]
