@@ -9,7 +9,12 @@ sampling_ratio=2, aligned=False)`` on the same RoIs. One timed iteration is forw
 ``sum().backward()`` (gradients to the features, and to the offsets for ours). After
 ``--warmup`` untimed runs the two are timed in alternation and the medians of ``--iters`` are
 printed with the ratio ours / roi_align (< 1 means ours is faster). Timings never fail the
-run. Usage::
+run.
+
+On a CUDA device ``deform_roi_pool`` is the CUDA kernel when the extension loads (compiled on
+first use; the build is outside the timing, in the warmup); the PyTorch reference
+(``deform_roi_pool_reference``) is then timed as a third contender and the ratio kernel /
+reference printed too. On CPU ``deform_roi_pool`` is the reference. Usage::
 
     .venv/bin/python benchmarks/bench_deform_roi_pool.py
     .venv/bin/python benchmarks/bench_deform_roi_pool.py --device cuda --iters 20
@@ -20,13 +25,15 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torchvision.ops import roi_align
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cuda_ops.deform_roi_pool import deform_roi_pool  # noqa: E402
+from cuda_ops._extension import load_deform_roi_pool_ext  # noqa: E402
+from cuda_ops.deform_roi_pool import deform_roi_pool, deform_roi_pool_reference  # noqa: E402
 
 
 def main() -> None:
@@ -64,15 +71,21 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    def ours() -> float:
+    def timed_pool(fn: Callable[..., torch.Tensor]) -> float:
         f = feats.detach().requires_grad_(True)
         o = offsets.detach().requires_grad_(True)
         sync()
         t0 = time.perf_counter()
-        out = deform_roi_pool(f, rois, o, 1.0 / stride, P, Q, S, 0.1)
+        out = fn(f, rois, o, 1.0 / stride, P, Q, S, 0.1)
         out.sum().backward()
         sync()
         return time.perf_counter() - t0
+
+    def ours() -> float:
+        return timed_pool(deform_roi_pool)
+
+    def reference() -> float:
+        return timed_pool(deform_roi_pool_reference)
 
     def peer() -> float:
         f = feats.detach().requires_grad_(True)
@@ -83,20 +96,30 @@ def main() -> None:
         sync()
         return time.perf_counter() - t0
 
+    # on CUDA: the kernel if the extension loads (built here, before any timing)
+    kernel = dev.type == "cuda" and load_deform_roi_pool_ext() is not None
+    runs = [ours, peer] + ([reference] if kernel else [])
     for _ in range(args.warmup):
-        ours()
-        peer()
-    t_ours: list[float] = []
-    t_peer: list[float] = []
+        for run in runs:
+            run()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(args.iters):
-        t_ours.append(ours())
-        t_peer.append(peer())
-    mo, mp = statistics.median(t_ours), statistics.median(t_peer)
+        for run, t in zip(runs, times):
+            t.append(run())
+    med = [statistics.median(t) for t in times]
+    mo, mp = med[0], med[1]
+    impl = (", CUDA kernel" if kernel else ", PyTorch reference") if dev.type == "cuda" else ""
     print(f"device={dev} threads={torch.get_num_threads()} rois={args.rois} C={C} "
           f"maps={B}x{H}x{W} P={P} Q={Q} S={S} iters={args.iters}")
-    print(f"deform_roi_pool fwd+bwd: {mo * 1e3:.1f} ms (median)")
+    if dev.type == "cuda" and not kernel:
+        print("CUDA kernel unavailable (see the warning above); deform_roi_pool is the reference")
+    print(f"deform_roi_pool fwd+bwd: {mo * 1e3:.1f} ms (median{impl})")
     print(f"roi_align       fwd+bwd: {mp * 1e3:.1f} ms (median)")
     print(f"ratio ours / roi_align: {mo / mp:.2f}")
+    if kernel:
+        mr = med[2]
+        print(f"reference       fwd+bwd: {mr * 1e3:.1f} ms (median, PyTorch reference on {dev})")
+        print(f"ratio kernel / reference: {mo / mr:.3f}")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,21 @@ DCNv2) and sigmoid_focal_loss; the models use those directly. The ops planned he
 deformable RoI pooling and Soft-NMS (D2Det), corner pooling (RepPoints V2) and Chamfer
 distance (Dense RepPoints); each arrives with the model that needs it.
 
-Present so far (PyTorch references only; no CUDA kernel yet):
+Present so far:
 
 - ``cuda_ops.deform_roi_pool``: ``deform_roi_pool`` / ``DeformRoIPool``, mmdet v1's
   ``deform_psroi_pooling`` with ``group_size=1`` (D2Det's discriminative RoI pooling), with
-  gradients to the features and the offsets;
+  gradients to the features and the offsets. ``deform_roi_pool_reference`` is the PyTorch
+  ground truth; ``deform_roi_pool`` runs the CUDA kernel (``csrc/deform_roi_pool_cuda.cu``,
+  forward and backward) for CUDA tensors when it builds, else the reference;
 - ``cuda_ops.soft_nms``: ``soft_nms`` / ``batched_soft_nms``, mmdet v1's CPU Soft-NMS
-  (linear or gaussian, legacy ``+1`` IoU), D2Det's final detection step.
+  (linear or gaussian, legacy ``+1`` IoU), D2Det's final detection step (PyTorch only).
+
+Building: ``cuda_ops._extension.load_deform_roi_pool_ext`` compiles the kernels with
+``torch.utils.cpp_extension`` (ninja + nvcc; ninja is pinned in requirements.lock) the first
+time a CUDA tensor needs them, into ``$DETLAB_CUDA_CACHE`` (default
+``~/.cache/detlab/cuda_ops``), and falls back to the reference, with one logged warning,
+when CUDA, nvcc or the build is missing. ``DETLAB_DISABLE_CUDA_OPS=1`` forces the references.
+``python -m cuda_ops.build`` compiles ahead of use, also without a GPU (sm_90 by default,
+``TORCH_CUDA_ARCH_LIST`` or ``--arch`` to choose).
 """

@@ -21,6 +21,19 @@ Model config layout::
       bbox_head: Shared2FCBBoxHead kwargs (without in_channels, roi_feat_size, num_classes)
       assigner, sampler: as above
       test: {score_thr, nms_iou, max_per_img}
+
+D2Det (``detector: d2det``) replaces ``roi_head`` by::
+
+    roi_head:
+      bbox_roi_extractor: DiscriminativeRoIExtractor kwargs (without in_channels)
+      bbox_head: Shared2FCBBoxHead kwargs (with_reg false)
+      reg_roi_extractor: SingleRoIExtractor kwargs (14x14)
+      dlr_head: DenseLocalRegressionHead kwargs (without in_channels)
+      instance_head: null, or D2DetInstanceBranch kwargs (without trunk_channels,
+        num_classes, grid)
+      assigner, sampler: as above
+      train: D2DetRoIHead training kwargs (max_num_reg, jitter_amplitude, loss weights, ...)
+      test: D2DetRoIHead test kwargs (score_thr, nms_iou, max_per_img, soft_nms_*, ...)
 """
 from __future__ import annotations
 
@@ -30,9 +43,14 @@ from torch import nn
 
 from models.backbones.resnet import ResNet
 from models.dense_heads.rpn_head import ProposalConfig, RPNHead
+from models.detectors.d2det import D2Det
 from models.detectors.two_stage import FasterRCNN
 from models.necks.fpn import FPN
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
+from models.roi_heads.d2det_head import DenseLocalRegressionHead
+from models.roi_heads.d2det_instance_head import D2DetInstanceBranch
+from models.roi_heads.d2det_roi_head import D2DetRoIHead
+from models.roi_heads.drp_extractor import DiscriminativeRoIExtractor
 from models.roi_heads.roi_extractor import SingleRoIExtractor
 from models.roi_heads.standard_roi_head import StandardRoIHead
 from models.task_modules.anchor_generator import AnchorGenerator
@@ -40,7 +58,7 @@ from models.task_modules.assigners import MaxIoUAssigner
 from models.task_modules.box_coder import DeltaXYWHBBoxCoder
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn",)
+DETECTORS = ("faster_rcnn", "d2det")
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -102,6 +120,42 @@ def build_standard_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: 
     )
 
 
+def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> D2DetRoIHead:
+    w = "roi_head."
+    extractor = _make(DiscriminativeRoIExtractor, {**_section(cfg, "bbox_roi_extractor", w), "in_channels": in_channels},
+                      w + "bbox_roi_extractor")
+    bbox_head = _make(
+        Shared2FCBBoxHead,
+        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.out_size,
+         "num_classes": num_classes},
+        w + "bbox_head",
+    )
+    reg_extractor = _make(SingleRoIExtractor, _section(cfg, "reg_roi_extractor", w), w + "reg_roi_extractor")
+    dlr_head = _make(DenseLocalRegressionHead, {**_section(cfg, "dlr_head", w), "in_channels": in_channels},
+                     w + "dlr_head")
+    instance_head = None
+    if cfg.get("instance_head") is not None:
+        instance_head = _make(D2DetInstanceBranch,
+                              {**_section(cfg, "instance_head", w), "trunk_channels": dlr_head.conv_channels,
+                               "num_classes": num_classes, "grid": dlr_head.grid},
+                              w + "instance_head")
+    return _make(
+        D2DetRoIHead,
+        {
+            "bbox_roi_extractor": extractor,
+            "bbox_head": bbox_head,
+            "reg_roi_extractor": reg_extractor,
+            "dlr_head": dlr_head,
+            "instance_head": instance_head,
+            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_section(cfg, "train", w),
+            **_section(cfg, "test", w),
+        },
+        "roi_head",
+    )
+
+
 def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load_pretrained: bool = True) -> nn.Module:
     """Build detector ``detector`` (one of :data:`DETECTORS`) from a preset's ``model`` section.
 
@@ -111,13 +165,15 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if detector == "faster_rcnn":
-        backbone_cfg = _section(model_cfg, "backbone", "")
-        if not load_pretrained:
-            backbone_cfg["pretrained"] = None
-        backbone = build_backbone(backbone_cfg)
-        neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
-        rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
-        roi_head = build_standard_roi_head(_section(model_cfg, "roi_head", ""), neck.out_channels, num_classes)
-        return FasterRCNN(backbone, neck, rpn_head, roi_head)
-    raise ValueError(f"unknown detector {detector!r}; known: {DETECTORS}")
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector {detector!r}; known: {DETECTORS}")
+    backbone_cfg = _section(model_cfg, "backbone", "")
+    if not load_pretrained:
+        backbone_cfg["pretrained"] = None
+    backbone = build_backbone(backbone_cfg)
+    neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
+    rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
+    roi_cfg = _section(model_cfg, "roi_head", "")
+    if detector == "d2det":
+        return D2Det(backbone, neck, rpn_head, build_d2det_roi_head(roi_cfg, neck.out_channels, num_classes))
+    return FasterRCNN(backbone, neck, rpn_head, build_standard_roi_head(roi_cfg, neck.out_channels, num_classes))

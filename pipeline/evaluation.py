@@ -73,7 +73,8 @@ def detections_to_coco(
 
     Args:
         output: ``boxes`` (K,4) resized-image xyxy, ``scores`` (K,), ``labels`` (K,)
-            contiguous, optionally ``masks`` (K,1,M,M) probabilities.
+            contiguous, optionally ``masks`` (K,1,M,M) probabilities and ``mask_scores``
+            (K,) (the segm records' scores; the box scores by default).
         target: the dataset's target for the image (``image_id``, ``scale_factor``,
             ``orig_size``).
         cat_ids: contiguous label -> COCO category id.
@@ -101,9 +102,12 @@ def detections_to_coco(
     segm_records: list[dict[str, Any]] = []
     if "masks" in output:
         masks = paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])
+        mask_scores = scores
+        if "mask_scores" in output:  # e.g. D2Det: class score + 0.3 * predicted mask IoU
+            mask_scores = output["mask_scores"].detach().float().cpu()[order]
         if len(masks):
             rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-            for rle, s, l in zip(rles, scores.tolist(), labels.tolist()):
+            for rle, s, l in zip(rles, mask_scores.tolist(), labels.tolist()):
                 rle["counts"] = rle["counts"].decode("ascii")
                 segm_records.append(
                     {"image_id": image_id, "category_id": int(cat_ids[int(l)]), "segmentation": rle, "score": round(float(s), 5)}

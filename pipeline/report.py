@@ -27,7 +27,7 @@ from pipeline.config import load_params
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
-from pipeline.published import PUBLISHED
+from pipeline.published import PAPER_TABLES, PUBLISHED
 from pipeline.tracking import client, newest_finished_run
 
 BEGIN = "<!-- results:begin -->"
@@ -99,8 +99,8 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         by_model.setdefault(r["model"], {})[r["split"]] = r
     lines = [
-        "| Model | Preset (scale) | Ours: minival box AP / AP50 / AP75 | Ours: APs / APm / APl | Ours: test-dev box AP | Measured on | Published minival AP | Published test-dev AP | Published by |",
-        "|---|---|:-:|:-:|:-:|---|:-:|:-:|---|",
+        "| Model | Preset (scale) | Ours: minival box AP / AP50 / AP75 | Ours: APs / APm / APl | Ours: minival mask AP | Ours: test-dev box AP | Measured on | Published minival AP | Published test-dev AP | Published by |",
+        "|---|---|:-:|:-:|:-:|:-:|---|:-:|:-:|---|",
     ]
     for model, splits in by_model.items():
         mv = splits.get("minival", {})
@@ -115,6 +115,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
             f"| {model} | {preset} ({any_row.get('scale')}) "
             f"| {fmt(b.get('AP'))} / {fmt(b.get('AP50'))} / {fmt(b.get('AP75'))} "
             f"| {fmt(b.get('APs'))} / {fmt(b.get('APm'))} / {fmt(b.get('APl'))} "
+            f"| {fmt(mv.get('segm', {}).get('AP'))} "
             f"| {fmt(tb.get('AP')) if td.get('scored') else 'not scored'} "
             f"| {measured} "
             f"| {pub.get('minival', '–') if pub.get('minival') is not None else '–'} "
@@ -136,6 +137,55 @@ def full_table(rows: list[dict[str, Any]]) -> str:
                 vals = " | ".join(fmt(r[iou_type][n]) for n in STAT_NAMES)
                 lines.append(f"| {r['model']} | {r['split']} | {iou_type} | {vals} | {r['dataset']} |")
     return "\n".join(lines)
+
+
+def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One paper's table (``PAPER_TABLES`` entry) with our AP beside the published AP.
+
+    A paper row gets one line per model of ours trained from its preset (at whatever scale),
+    or one line saying it was not run. Our columns hold only our measurements; the task's AP
+    (box or mask) is read on minival ("validation") and on test-dev where it was scored.
+    """
+    by_model: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["split"]] = r
+    lines = [
+        f"**{spec['title']}** (published: {spec['source']})",
+        "",
+        "| name | type | Ours: validation | Ours: test-dev | Our model (scale) | Measured on | Paper: validation | Paper: test-dev |",
+        "|---|---|:-:|:-:|---|---|:-:|:-:|",
+    ]
+    notes = []
+    for row in spec["rows"]:
+        pub_v = "–" if row.get("validation") is None else f"{row['validation']:.1f}"
+        pub_t = "–" if row.get("test-dev") is None else f"{row['test-dev']:.1f}"
+        name = row["name"]
+        if row.get("note"):
+            notes.append(row["note"])
+            name += f" [{len(notes)}]"
+        ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
+                == row["preset"]]
+        if not ours:
+            lines.append(f"| {name} | {row['type']} | not run | not run | – | – | {pub_v} | {pub_t} |")
+            continue
+        for model, splits in ours:
+            mv, td = splits.get("minival", {}), splits.get("test-dev", {})
+            any_row = mv or td
+            task = row["task"]
+            v = fmt(mv.get(task, {}).get("AP")) if mv else "–"
+            t = (fmt(td.get(task, {}).get("AP")) if td.get("scored") else "not scored") if td else "–"
+            measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+            lines.append(f"| {name} | {row['type']} | {v} | {t} | {model} ({any_row.get('scale')}) | {measured} "
+                         f"| {pub_v} | {pub_t} |")
+    for i, note in enumerate(notes, 1):
+        lines.append("")
+        lines.append(f"[{i}] {note}.")
+    return "\n".join(lines)
+
+
+def paper_tables(rows: list[dict[str, Any]]) -> str:
+    """Every paper table of :data:`PAPER_TABLES`, separated by blank lines."""
+    return "\n\n".join(paper_table(spec, rows) for spec in PAPER_TABLES)
 
 
 NOTE = (
@@ -219,6 +269,8 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
         NOTE,
         "## Detection (box AP)",
         table,
+        "## The papers' tables",
+        paper_tables(rows),
         "## All COCO numbers",
         full_table(rows),
         "## Figures",
@@ -228,7 +280,7 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
     readme = Path(readme)
     first = {name: {k: v for k, v in figs.items() if k in ("pr", "predictions")}
              for name, figs in list(figures.items())[:1]}
-    body = f"{NOTE}\n\n{table}"
+    body = f"{NOTE}\n\n{table}\n\n{paper_tables(rows)}"
     if any(first.values()):
         body += "\n\n" + figures_markdown(first, readme.parent)
     atomic_write_text(readme, replace_between_markers(readme.read_text(), body, readme))

@@ -12,15 +12,26 @@ width is ``int(planes * width_per_group / 64) * groups`` (torchvision's and mmde
 ResNeXt rule), its output ``4 * planes``. ``base_channels=64`` is the standard network,
 ``32`` is the half-width network used at the CPU scale. ResNeXt-101 64x4d is
 ``depth=101, groups=64, width_per_group=4``.
+
+Deformable convolution (mmdetection's ``dcn=dict(type='DCNv2', ...)``, ``stage_with_dcn``):
+in the enabled stages every bottleneck's 3x3 ``conv2`` is a
+:class:`~models.layers.deform_conv.ModulatedDeformConv2dPack` with the same geometry. Its
+kernel keeps the name ``layerK.J.conv2.weight``, so torchvision checkpoints still load; the
+offset predictors ``layerK.J.conv2.conv_offset.{weight,bias}`` are new, start at zero and are
+the only keys a plain checkpoint may lack. At init (zero offsets, masks ``sigmoid(0) = 0.5``)
+such a conv outputs half of the plain conv with the same kernel, as in mmdetection.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from models.layers.deform_conv import ModulatedDeformConv2dPack
 from models.layers.norm import build_norm
 
 # depth -> (block kind, blocks per stage)
@@ -33,6 +44,36 @@ ARCH_SETTINGS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
 }
 
 STAGE_STRIDES = (4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class DCNConfig:
+    """Deformable-conv settings of a ResNet stage (the ``dcn`` dict of :class:`ResNet`).
+
+    Attributes:
+        deform_groups: channel groups with their own offset/mask field (mmdetection's
+            ``deformable_groups``).
+        fallback_on_stride: keep the strided 3x3 convs (first block of a stage) plain.
+    """
+
+    deform_groups: int = 1
+    fallback_on_stride: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any]) -> "DCNConfig":
+        if not isinstance(cfg, Mapping):
+            raise ValueError(f"dcn must be a dict or None, got {type(cfg).__name__}")
+        allowed = {"deform_groups", "fallback_on_stride"}
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ValueError(f"dcn: unknown keys {unknown}; allowed keys are {sorted(allowed)}")
+        deform_groups = cfg.get("deform_groups", 1)
+        fallback_on_stride = cfg.get("fallback_on_stride", False)
+        if isinstance(deform_groups, bool) or not isinstance(deform_groups, int) or deform_groups < 1:
+            raise ValueError(f"dcn.deform_groups must be a positive int, got {deform_groups!r}")
+        if not isinstance(fallback_on_stride, bool):
+            raise ValueError(f"dcn.fallback_on_stride must be a bool, got {fallback_on_stride!r}")
+        return cls(deform_groups=deform_groups, fallback_on_stride=fallback_on_stride)
 
 
 class BasicBlock(nn.Module):
@@ -49,10 +90,16 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         norm: str = "bn",
+        dcn: DCNConfig | None = None,
     ) -> None:
         super().__init__()
         if groups != 1 or width_per_group != 64:
             raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        if dcn is not None:
+            raise ValueError(
+                "deformable conv (dcn) is supported only in Bottleneck blocks (ResNet-50/101/152), "
+                "not in BasicBlock (ResNet-18/34), as in mmdetection"
+            )
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = build_norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
@@ -72,7 +119,11 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided, grouped), 1x1 expand. Output channels = ``4 * planes``."""
+    """1x1 reduce, 3x3 (strided, grouped), 1x1 expand. Output channels = ``4 * planes``.
+
+    With ``dcn`` the 3x3 ``conv2`` is a modulated deformable conv (unless
+    ``dcn.fallback_on_stride`` and ``stride > 1``); its kernel is still ``conv2.weight``.
+    """
 
     expansion = 4
 
@@ -85,12 +136,19 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         width_per_group: int = 64,
         norm: str = "bn",
+        dcn: DCNConfig | None = None,
     ) -> None:
         super().__init__()
         width = int(planes * (width_per_group / 64.0)) * groups
         self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
         self.bn1 = build_norm(norm, width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.conv2: nn.Module
+        if dcn is not None and not (dcn.fallback_on_stride and stride > 1):
+            self.conv2 = ModulatedDeformConv2dPack(
+                width, width, 3, stride=stride, padding=1, groups=groups, deform_groups=dcn.deform_groups, bias=False
+            )
+        else:
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
         self.bn2 = build_norm(norm, width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
         self.bn3 = build_norm(norm, planes * self.expansion)
@@ -167,6 +225,15 @@ class ResNet(nn.Module):
             ``pretrained`` weights are loaded.
         pretrained: ``None``, a path to a torchvision-format state dict, or
             ``"torchvision://<name>"`` (e.g. ``resnet50``).
+        dcn: ``None`` (no deformable conv) or a dict with keys ``deform_groups`` (int,
+            default 1) and ``fallback_on_stride`` (bool, default False: the strided 3x3 of a
+            stage's first block is deformable too, as D2Det's DCN config; True keeps it plain).
+            Used by the stages enabled in ``stage_with_dcn``; bottleneck depths only. (mmdetection
+            v1's code reads ``fallback_on_stride=True`` more bluntly, as "no DCN in any block";
+            no preset uses True, and this is the stride-only meaning the name states.)
+        stage_with_dcn: 4 bools, one per stage (``layer1`` .. ``layer4``): whether its
+            bottlenecks' 3x3 convs are modulated deformable convs (DCNv2). Any True requires
+            ``dcn``. D2Det/mmdetection: ``(False, True, True, True)``.
 
     Attributes:
         out_channels: channels of each returned stage, in ``out_indices`` order.
@@ -189,6 +256,8 @@ class ResNet(nn.Module):
         out_indices: Sequence[int] = (0, 1, 2, 3),
         zero_init_residual: bool = True,
         pretrained: str | None = None,
+        dcn: Mapping[str, Any] | None = None,
+        stage_with_dcn: Sequence[bool] = (False, False, False, False),
     ) -> None:
         super().__init__()
         if depth not in ARCH_SETTINGS:
@@ -198,8 +267,19 @@ class ResNet(nn.Module):
             raise ValueError(f"out_indices must be increasing stage indices in 0..3, got {out_indices}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"frozen_stages must be in -1..4, got {frozen_stages}")
+        stage_with_dcn = tuple(stage_with_dcn)
+        if len(stage_with_dcn) != 4 or not all(isinstance(v, bool) for v in stage_with_dcn):
+            raise ValueError(f"stage_with_dcn must be 4 bools (one per stage), got {stage_with_dcn}")
+        dcn_cfg = None if dcn is None else DCNConfig.from_dict(dcn)
+        if any(stage_with_dcn) and dcn_cfg is None:
+            raise ValueError(f"stage_with_dcn={stage_with_dcn} enables deformable conv but dcn is None")
         kind, stage_blocks = ARCH_SETTINGS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
+        if kind == "basic" and any(stage_with_dcn):
+            raise ValueError(
+                f"deformable conv (stage_with_dcn={stage_with_dcn}) needs bottleneck blocks; ResNet-{depth} "
+                "uses BasicBlock (mmdetection does not support DCN there either)"
+            )
         self.depth = depth
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
@@ -221,9 +301,13 @@ class ResNet(nn.Module):
                     nn.Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
                     build_norm(norm, planes * block.expansion),
                 )
-            blocks = [block(inplanes, planes, stride, downsample, groups, width_per_group, norm)]
+            stage_dcn = dcn_cfg if stage_with_dcn[i] else None
+            blocks = [block(inplanes, planes, stride, downsample, groups, width_per_group, norm, dcn=stage_dcn)]
             inplanes = planes * block.expansion
-            blocks += [block(inplanes, planes, 1, None, groups, width_per_group, norm) for _ in range(1, num_blocks)]
+            blocks += [
+                block(inplanes, planes, 1, None, groups, width_per_group, norm, dcn=stage_dcn)
+                for _ in range(1, num_blocks)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             stage_channels.append(inplanes)
 
@@ -242,6 +326,12 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, ModulatedDeformConv2dPack):
+                # Main kernel as the plain conv it replaces; the loop above also hit the
+                # offset predictor (an nn.Conv2d), which must start at zero.
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                m.init_offset()
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
@@ -253,7 +343,9 @@ class ResNet(nn.Module):
         """Load torchvision-format weights; the classifier (``fc.*``) is ignored.
 
         Raises ``RuntimeError`` naming the keys when the checkpoint does not fit (e.g. a
-        standard-width checkpoint into ``base_channels=32``, or BN statistics into GN).
+        standard-width checkpoint into ``base_channels=32``, or BN statistics into GN). The
+        offset predictors of deformable convs (``*.conv2.conv_offset.*``) may be absent (a
+        plain ImageNet checkpoint): they keep their zero init. They load when present.
         """
         state = _load_state_dict_source(pretrained)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -266,13 +358,25 @@ class ResNet(nn.Module):
         if mismatched:
             raise RuntimeError(f"{pretrained}: shape mismatch for {len(mismatched)} tensors, e.g. {mismatched[:3]}")
         result = self.load_state_dict(state, strict=False)
-        missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+        expected_missing = set(self.offset_param_names())
+        missing = [
+            k for k in result.missing_keys if not k.endswith("num_batches_tracked") and k not in expected_missing
+        ]
         unexpected = [k for k in result.unexpected_keys if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
             raise RuntimeError(
                 f"{pretrained}: checkpoint does not match the backbone; missing {missing[:5]} "
                 f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
             )
+
+    def offset_param_names(self) -> list[str]:
+        """State-dict keys of the deformable convs' offset predictors (empty without DCN)."""
+        return [
+            f"{name}.conv_offset.{p}"
+            for name, m in self.named_modules()
+            if isinstance(m, ModulatedDeformConv2dPack)
+            for p in ("weight", "bias")
+        ]
 
     def _frozen_modules(self) -> list[nn.Module]:
         mods: list[nn.Module] = []

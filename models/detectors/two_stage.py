@@ -70,6 +70,12 @@ class TwoStageDetector(nn.Module):
         """FloatTensor[B, 3, Hp, Wp] -> pyramid levels FloatTensor[B, C, H_l, W_l]."""
         return self.neck(self.backbone(images))
 
+    def roi_head_train(self, features: list[Tensor], proposals: list[Tensor], gt_boxes: list[Tensor],
+                       gt_labels: list[Tensor], gt_ignore: list[Tensor | None],
+                       image_sizes: list[tuple[int, int]], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The second stage's losses (a hook for detectors whose RoI head needs more inputs)."""
+        return self.roi_head.forward_train(features, proposals, gt_boxes, gt_labels, gt_ignore)
+
     def forward(
         self,
         images: Tensor,
@@ -88,7 +94,8 @@ class TwoStageDetector(nn.Module):
             losses = {}
             rpn_losses, proposals = self.rpn_head.forward_train(features, image_sizes, gt_boxes, gt_ignore)
             losses.update(rpn_losses)
-            losses.update(self.roi_head.forward_train(features, proposals, gt_boxes, gt_labels, gt_ignore))
+            losses.update(self.roi_head_train(features, proposals, gt_boxes, gt_labels, gt_ignore, image_sizes,
+                                              targets))
             return losses
         proposals, _ = self.rpn_head.simple_test(features, image_sizes)
         return self.roi_head.simple_test(features, proposals, image_sizes)

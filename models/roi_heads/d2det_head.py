@@ -161,7 +161,8 @@ def average_positive_cells(boxes_per_cell: Tensor, overlap_logits: Tensor,
 
 def d2det_dense_loss(reg: Tensor, overlap_logits: Tensor, proposals: Tensor, gt_boxes: Tensor,
                      weighting: IoUWeighting = "v1_broadcast",
-                     reg_loss_weight: float | None = None) -> dict[str, Tensor]:
+                     reg_loss_weight: float | None = None, overlap_target: Tensor | None = None,
+                     overlap_loss_weight: float = 1.0) -> dict[str, Tensor]:
     """DLR losses (§3.4) on N sampled, jittered positive RoIs.
 
     Args:
@@ -173,6 +174,10 @@ def d2det_dense_loss(reg: Tensor, overlap_logits: Tensor, proposals: Tensor, gt_
             ``"masked_mean"`` (mmdet2.1), see :mod:`models.losses.iou_loss`.
         reg_loss_weight: defaults to 2.0 for ``"v1_broadcast"`` (official) and 1.0 for
             ``"masked_mean"`` (mmdet2.1).
+        overlap_target: FloatTensor[N, k*k] (or [N, 1, k, k]) 0/1 binary-overlap target; by
+            default the detection-mode target of :func:`dense_targets`. The instance
+            variant passes the mask-derived target (§3.3, instance mode).
+        overlap_loss_weight: weight of the overlap BCE (1.0 in the official code).
 
     Returns:
         ``{"loss_reg": IoU loss of each cell's decoded box vs the gt, weighted by the overlap
@@ -187,12 +192,15 @@ def d2det_dense_loss(reg: Tensor, overlap_logits: Tensor, proposals: Tensor, gt_
         zero = reg.sum() * 0.0 + logits.sum() * 0.0
         return {"loss_reg": zero, "loss_overlap": zero.clone()}
     proposals = proposals.to(reg.dtype)
-    _, target = dense_targets(proposals.detach().float(), gt_boxes.float(), k)
+    if overlap_target is None:
+        _, target = dense_targets(proposals.detach().float(), gt_boxes.float(), k)
+    else:
+        target = overlap_target.reshape(n, k * k).float()
     pred_boxes = decode_dense(reg.float(), proposals.detach().float())
     gt_cells = gt_boxes.float()[:, None, :].expand(n, k * k, 4)
     loss_reg = iou_loss(pred_boxes.reshape(-1, 4), gt_cells.reshape(-1, 4), target.reshape(-1),
                         weighting, reg_loss_weight)
-    loss_overlap = F.binary_cross_entropy_with_logits(logits, target, reduction="mean")
+    loss_overlap = overlap_loss_weight * F.binary_cross_entropy_with_logits(logits, target, reduction="mean")
     return {"loss_reg": loss_reg, "loss_overlap": loss_overlap}
 
 
@@ -223,6 +231,7 @@ class DenseLocalRegressionHead(nn.Module):
         if num_convs < 1:
             raise ValueError("num_convs must be >= 1")
         self.grid = int(grid)
+        self.conv_channels = int(conv_channels)
         layers: list[nn.Module] = []
         for i in range(num_convs):
             conv = nn.Conv2d(in_channels if i == 0 else conv_channels, conv_channels, 3,
@@ -243,13 +252,25 @@ class DenseLocalRegressionHead(nn.Module):
             k = self.grid
             zero = 0.0 * sum(p.sum() for p in self.parameters()) + x.sum() * 0.0
             return x.new_zeros((0, 4, k, k)) + zero, x.new_zeros((0, 1, k, k)) + zero
-        feat = self.trunk(x)
+        return self.predict(self.trunk(x))
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """FloatTensor[N, C, 2k, 2k] -> trunk features FloatTensor[N, conv_channels, k, k]
+        (shared with the instance branch of the mask variant)."""
+        if x.shape[-1] != 2 * self.grid or x.shape[-2] != 2 * self.grid:
+            raise ValueError(f"expected {2 * self.grid}x{2 * self.grid} RoI features, got {tuple(x.shape)}")
+        return self.trunk(x)
+
+    def predict(self, feat: Tensor) -> tuple[Tensor, Tensor]:
+        """Trunk features [N, conv_channels, k, k] -> (``reg`` [N, 4, k, k] >= 0, ``overlap_logits`` [N, 1, k, k])."""
         return F.relu(self.reg(feat)), self.overlap(feat)
 
     def loss(self, reg: Tensor, overlap_logits: Tensor, proposals: Tensor, gt_boxes: Tensor,
-             weighting: IoUWeighting = "v1_broadcast", reg_loss_weight: float | None = None) -> dict[str, Tensor]:
+             weighting: IoUWeighting = "v1_broadcast", reg_loss_weight: float | None = None,
+             overlap_target: Tensor | None = None, overlap_loss_weight: float = 1.0) -> dict[str, Tensor]:
         """See :func:`d2det_dense_loss`."""
-        return d2det_dense_loss(reg, overlap_logits, proposals, gt_boxes, weighting, reg_loss_weight)
+        return d2det_dense_loss(reg, overlap_logits, proposals, gt_boxes, weighting, reg_loss_weight,
+                                overlap_target, overlap_loss_weight)
 
     def predict_boxes(self, reg: Tensor, overlap_logits: Tensor, proposals: Tensor,
                       image_sizes_per_box: Tensor | tuple[int, int]) -> Tensor:

@@ -1,0 +1,243 @@
+"""Just-in-time build and lazy loading of the CUDA extension of ``cuda_ops``.
+
+``load_deform_roi_pool_ext()`` compiles ``cuda_ops/csrc/deform_roi_pool{.cpp,_cuda.cu}`` with
+``torch.utils.cpp_extension.load`` (ninja + nvcc) the first time it is called in a process
+and returns the module, or ``None`` when the kernels cannot be used here; ``None`` means the
+caller runs the PyTorch reference. The outcome (module or ``None``) is remembered for the
+process, and the reason for a ``None`` is logged once as a warning:
+
+- ``DETLAB_DISABLE_CUDA_OPS`` set to anything but ``""``/``0``/``false``/``no`` (checked on
+  every call, never remembered, logged at INFO): the reference is forced;
+- ``torch.cuda.is_available()`` is false, or torch is not a CUDA build;
+- no CUDA toolkit (``nvcc``) or no ``ninja`` is found;
+- the compilation or the import fails.
+
+Builds go to ``$DETLAB_CUDA_CACHE`` (default ``$XDG_CACHE_HOME/detlab/cuda_ops`` or
+``~/.cache/detlab/cuda_ops``) under ``torch-<version>/<archs>/deform_roi_pool``, so a torch
+upgrade or another GPU architecture builds afresh, and a second process (or a
+``python -m cuda_ops.build`` run beforehand) only loads the cached library. The architectures
+are ``$TORCH_CUDA_ARCH_LIST`` when set, else those of the visible GPUs, else
+:data:`DEFAULT_ARCH_LIST` (H100/H200), so that the build works on a machine without a GPU.
+
+``build_deform_roi_pool_ext()`` is the same build without the GPU requirement and without
+memoisation; it raises on failure (used by ``python -m cuda_ops.build`` and the build test).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = [
+    "DEFAULT_ARCH_LIST",
+    "DISABLE_ENV",
+    "BuildResult",
+    "build_deform_roi_pool_ext",
+    "cuda_ops_disabled",
+    "find_cuda_home",
+    "load_deform_roi_pool_ext",
+    "resolve_arch_list",
+]
+
+log = logging.getLogger(__name__)
+
+DISABLE_ENV = "DETLAB_DISABLE_CUDA_OPS"
+CACHE_ENV = "DETLAB_CUDA_CACHE"
+DEFAULT_ARCH_LIST = "9.0"  # H100 / H200, the GPUs this project is lent; used when none is visible
+EXT_NAME = "detlab_deform_roi_pool"
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = (CSRC / "deform_roi_pool.cpp", CSRC / "deform_roi_pool_cuda.cu")
+# no --use_fast_math: sample validity and floor/ceil corners must follow IEEE arithmetic as
+# the reference's do
+EXTRA_CFLAGS = ["-O3"]
+EXTRA_CUDA_CFLAGS = ["-O3"]
+
+_UNSET = object()
+_cached: object = _UNSET  # ModuleType | None once tried
+_disabled_logged = False
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """A compiled and imported extension: ``module``, its ``build_dir``, the ``arch_list``
+    it was compiled for (``TORCH_CUDA_ARCH_LIST`` syntax) and the wall time ``seconds`` of the
+    ``load`` call (compile + import; near 0 when the cache was up to date)."""
+
+    module: ModuleType
+    build_dir: Path
+    arch_list: str
+    seconds: float
+
+
+def cuda_ops_disabled() -> bool:
+    """True when ``DETLAB_DISABLE_CUDA_OPS`` asks for the PyTorch references."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root (has ``bin/nvcc`` and ``include/cuda_runtime.h``), or ``None``.
+
+    Tries ``$CUDA_HOME``, ``$CUDA_PATH``, the parent of the ``nvcc`` on ``PATH`` and of its
+    real path, then ``/usr/local/cuda``. Torch's own guess takes the parent of ``nvcc`` on
+    ``PATH`` unchecked, which is wrong when ``nvcc`` is a wrapper script (``/usr/local/bin``).
+    """
+    candidates: list[str] = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            candidates.append(os.environ[var])
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(nvcc)))
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if (os.path.isfile(os.path.join(home, "bin", "nvcc"))
+                and os.path.isfile(os.path.join(home, "include", "cuda_runtime.h"))):
+            return home
+    return None
+
+
+def _cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "detlab" / "cuda_ops"
+
+
+def _visible_arch_list() -> str | None:
+    """Capabilities of the visible GPUs (``"8.0;9.0"``), capped at torch's newest ``sm_``; None
+    without a GPU."""
+    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        return None
+    sms = [int(a.split("_")[1].rstrip("a")) for a in torch.cuda.get_arch_list()
+           if a.startswith("sm_") and a.split("_")[1].rstrip("a").isdigit()]
+    cap_max = max(((s // 10, s % 10) for s in sms), default=(99, 9))
+    caps = {min(torch.cuda.get_device_capability(i), cap_max)
+            for i in range(torch.cuda.device_count())}
+    return ";".join(f"{ma}.{mi}" for ma, mi in sorted(caps))
+
+
+def resolve_arch_list(arch_list: str | None = None) -> str:
+    """``arch_list`` if given, else ``$TORCH_CUDA_ARCH_LIST``, else the visible GPUs', else
+    :data:`DEFAULT_ARCH_LIST`."""
+    return (arch_list or os.environ.get("TORCH_CUDA_ARCH_LIST") or _visible_arch_list()
+            or DEFAULT_ARCH_LIST).strip()
+
+
+def build_dir_for(arch_list: str) -> Path:
+    """``<cache>/torch-<version>/<archs>/deform_roi_pool`` for a ``TORCH_CUDA_ARCH_LIST``."""
+    torch_tag = re.sub(r"[^A-Za-z0-9.]+", "_", torch.__version__)
+    arch_tag = "-".join("sm_" + re.sub(r"[^A-Za-z0-9]+", "", a).lower()
+                        for a in re.split(r"[;\s,]+", arch_list) if a)
+    return _cache_root() / f"torch-{torch_tag}" / arch_tag / "deform_roi_pool"
+
+
+def _ensure_ninja_on_path() -> None:
+    """Torch runs ``ninja`` from ``PATH``; a venv used without activation has it only in its
+    ``bin`` (or the ``ninja`` package's ``BIN_DIR``)."""
+    if shutil.which("ninja"):
+        return
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # type: ignore[import-not-found]
+
+        dirs.insert(0, str(ninja.BIN_DIR))
+    except (ImportError, AttributeError):
+        pass
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, "ninja")):
+            os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+            return
+
+
+def build_deform_roi_pool_ext(arch_list: str | None = None, verbose: bool = False) -> BuildResult:
+    """Compile (or load from the cache) and import the deformable RoI pooling extension.
+
+    Needs nvcc and ninja, not a GPU. Raises ``RuntimeError`` when either is missing or torch
+    is not a CUDA build, and whatever the compiler or the import raise.
+    """
+    if torch.version.cuda is None:
+        raise RuntimeError(f"torch {torch.__version__} is not a CUDA build")
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("no CUDA toolkit found (nvcc with include/cuda_runtime.h; "
+                           "set CUDA_HOME)")
+    _ensure_ninja_on_path()
+    os.environ["CUDA_HOME"] = cuda_home
+    from torch.utils import cpp_extension
+
+    # the module computes CUDA_HOME at import, possibly from a wrapper nvcc (see find_cuda_home)
+    cpp_extension.CUDA_HOME = cuda_home
+    cpp_extension.verify_ninja_availability()
+    archs = resolve_arch_list(arch_list)
+    build_dir = build_dir_for(archs)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+    try:
+        t0 = time.perf_counter()
+        module = cpp_extension.load(
+            name=EXT_NAME, sources=[str(s) for s in SOURCES], build_directory=str(build_dir),
+            extra_cflags=EXTRA_CFLAGS, extra_cuda_cflags=EXTRA_CUDA_CFLAGS, verbose=verbose)
+        seconds = time.perf_counter() - t0
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_CUDA_ARCH_LIST", None)
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = old
+    return BuildResult(module=module, build_dir=build_dir, arch_list=archs, seconds=seconds)
+
+
+def load_deform_roi_pool_ext() -> ModuleType | None:
+    """The compiled extension, built on the first call of the process, or ``None`` (use the
+    PyTorch reference); see the module docstring for when and why ``None``."""
+    global _cached, _disabled_logged
+    if cuda_ops_disabled():
+        if not _disabled_logged:
+            _disabled_logged = True
+            log.info("%s is set: cuda_ops use the PyTorch references", DISABLE_ENV)
+        return None
+    if _cached is not _UNSET:
+        return _cached  # type: ignore[return-value]
+    with _lock:
+        if _cached is not _UNSET:
+            return _cached  # type: ignore[return-value]
+        module: ModuleType | None = None
+        reason = ""
+        if not torch.cuda.is_available():
+            reason = "CUDA is not available"
+        elif torch.version.cuda is None:
+            reason = f"torch {torch.__version__} is not a CUDA build"
+        elif find_cuda_home() is None:
+            reason = "no CUDA toolkit (nvcc) found; set CUDA_HOME"
+        else:
+            try:
+                res = build_deform_roi_pool_ext()
+                module = res.module
+                log.info("cuda_ops: deform_roi_pool extension ready in %s (%.1f s, archs %s)",
+                         res.build_dir, res.seconds, res.arch_list)
+            except Exception as e:  # noqa: BLE001 - any build/import failure means fallback
+                reason = f"building the extension failed: {type(e).__name__}: {e}"
+        if module is None:
+            log.warning("cuda_ops: deform_roi_pool CUDA kernel unavailable (%s); "
+                        "using the PyTorch reference", reason.strip()[:2000])
+        _cached = module
+        return module
+
+
+def _reset_cache_for_tests() -> None:
+    """Forget the remembered outcome of :func:`load_deform_roi_pool_ext`."""
+    global _cached
+    with _lock:
+        _cached = _UNSET

@@ -1,0 +1,156 @@
+"""Modulated deformable convolution (DCNv2) with its own offset/mask predictor.
+
+:class:`ModulatedDeformConv2dPack` is a drop-in replacement for an ``nn.Conv2d``: it owns
+the main kernel (``weight``, optional ``bias``) and a plain convolution ``conv_offset``
+that predicts, from the same input, a 2-D sampling offset and a modulation scalar for
+every kernel tap at every output position. The deformable sampling itself is
+``torchvision.ops.deform_conv2d`` (CPU and CUDA kernels, forward and backward).
+
+Parameter layout (the one of mmdetection's ``ModulatedDeformConvPack``, so its DCN
+checkpoints and torchvision ``nn.Conv2d`` weights both load by name):
+
+- ``weight``: [C_out, C_in / groups, kh, kw], ``bias``: [C_out] or absent;
+- ``conv_offset.weight``: [3 * G * kh * kw, C_in, kh, kw], ``conv_offset.bias``: [3 * G * kh * kw]
+  with ``G = deform_groups``. Its output splits along channels into three equal parts
+  ``(o1, o2, m)``; ``offset = cat(o1, o2)`` ([B, 2 * G * kh * kw, H_out, W_out]) is read as
+  interleaved ``(dy, dx)`` pairs, tap-major in row-major kernel order, per deformable group
+  (channel ``2 * (g * kh * kw + k)`` is the row offset of tap ``k`` in group ``g``, the next
+  one its column offset, in input pixels); ``mask = sigmoid(m)`` ([B, G * kh * kw, H_out, W_out]).
+  This is torchvision's ``deform_conv2d`` layout, which is also the CUDA kernel layout of
+  mmdetection v1, so trained offset predictors transfer unchanged.
+
+Initialisation: ``conv_offset`` is all zeros, so at init every offset is 0 and every mask
+is ``sigmoid(0) = 0.5``: the module computes ``0.5 * conv2d(x, weight) + bias`` (half the
+plain convolution with the same kernel, mmdetection's behaviour as well). The main
+``weight``/``bias`` follow ``nn.Conv2d``'s default initialisation; a model that
+re-initialises its convolutions by looping over ``nn.Conv2d`` modules will also hit
+``conv_offset`` and must call :meth:`ModulatedDeformConv2dPack.init_offset` afterwards.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+from torchvision.ops import deform_conv2d
+
+
+class ModulatedDeformConv2dPack(nn.Module):
+    """Modulated deformable 2-D convolution whose offsets and masks come from a conv on its input.
+
+    Args:
+        in_channels: input channels ``C_in`` (divisible by ``groups`` and ``deform_groups``).
+        out_channels: output channels ``C_out`` (divisible by ``groups``).
+        kernel_size: kernel size ``(kh, kw)`` or one int.
+        stride: stride in input pixels, ``(sh, sw)`` or one int.
+        padding: zero padding in input pixels, ``(ph, pw)`` or one int.
+        dilation: kernel dilation, ``(dh, dw)`` or one int.
+        groups: grouped-convolution groups of the main kernel (ResNeXt); the offset
+            predictor is never grouped.
+        deform_groups: ``G``, number of channel groups of the input that get their own
+            offset and mask field (mmdetection's ``deformable_groups``).
+        bias: whether the main convolution has a bias (``conv_offset`` always has one).
+
+    Forward:
+        ``x``: FloatTensor[B, C_in, H, W] -> FloatTensor[B, C_out, H_out, W_out] with
+        ``H_out = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1`` (likewise ``W_out``), the
+        same size as ``nn.Conv2d`` with these arguments.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        deform_groups: int = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
+            )
+        if deform_groups < 1 or in_channels % deform_groups:
+            raise ValueError(f"in_channels ({in_channels}) must be divisible by deform_groups ({deform_groups})")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size: tuple[int, int] = _pair(kernel_size)
+        self.stride: tuple[int, int] = _pair(stride)
+        self.padding: tuple[int, int] = _pair(padding)
+        self.dilation: tuple[int, int] = _pair(dilation)
+        self.groups = groups
+        self.deform_groups = deform_groups
+
+        kh, kw = self.kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
+        if bias:
+            self.bias: nn.Parameter | None = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+        self.conv_offset = nn.Conv2d(
+            in_channels,
+            3 * deform_groups * kh * kw,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=True,
+        )
+        self.reset_parameters()
+
+    @property
+    def num_taps(self) -> int:
+        """``G * kh * kw``: offset fields (one per deformable group and kernel tap)."""
+        return self.deform_groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s default init for ``weight``/``bias``; zeros for ``conv_offset``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1.0 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+        self.init_offset()
+
+    def init_offset(self) -> None:
+        """Zero the offset/mask predictor: offsets 0 and masks 0.5 everywhere."""
+        nn.init.zeros_(self.conv_offset.weight)
+        nn.init.zeros_(self.conv_offset.bias)
+
+    def offset_and_mask(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Predict the sampling field for ``x`` (FloatTensor[B, C_in, H, W]).
+
+        Returns:
+            offset: FloatTensor[B, 2 * G * kh * kw, H_out, W_out], interleaved ``(dy, dx)``
+                per tap, in input pixels.
+            mask: FloatTensor[B, G * kh * kw, H_out, W_out], in (0, 1).
+        """
+        out = self.conv_offset(x)
+        n = self.num_taps
+        # (o1, o2, m) = out split in three equal parts; cat(o1, o2) is the first two thirds.
+        return out[:, : 2 * n], out[:, 2 * n :].sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        offset, mask = self.offset_and_mask(x)
+        return deform_conv2d(
+            x,
+            offset,
+            self.weight,
+            self.bias,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            mask=mask,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+            f"deform_groups={self.deform_groups}, bias={self.bias is not None}"
+        )
