@@ -3,9 +3,10 @@ dispatcher's fallback, and the extension's compile.
 
 - Kernel tests need a CUDA device (skipped otherwise) and nvcc; on a GPU machine with nvcc a
   failed build is an error, not a skip.
-- Dispatcher tests run anywhere (CPU: the reference, bit for bit; DETLAB_DISABLE_CUDA_OPS).
-- The compile test needs nvcc and ``DETLAB_TEST_CUDA_BUILD=1`` (it compiles from scratch into
-  a temporary cache, about 40 s on 2 cores); it needs no GPU.
+- Dispatcher tests run anywhere (CPU: the grid_sample path, equal to the reference;
+  DETLAB_DISABLE_CUDA_OPS).
+- The compile test runs wherever nvcc exists, GPU or not (it compiles from scratch into a
+  temporary cache, about 40 s on 2 cores); ``DETLAB_SKIP_CUDA_BUILD_TEST=1`` skips it.
 """
 from __future__ import annotations
 
@@ -263,9 +264,10 @@ def test_build_dir_layout(monkeypatch, tmp_path):
 
 # --------------------------------------------------------------------------- compile
 
-@pytest.mark.skipif(os.environ.get("DETLAB_TEST_CUDA_BUILD") != "1",
-                    reason="set DETLAB_TEST_CUDA_BUILD=1 to compile the extension (~40 s)")
+@pytest.mark.skipif(os.environ.get("DETLAB_SKIP_CUDA_BUILD_TEST") == "1",
+                    reason="DETLAB_SKIP_CUDA_BUILD_TEST=1 (the compile takes ~40 s on 2 cores)")
 def test_extension_compiles(monkeypatch, tmp_path):
+    """Where nvcc exists (also without a GPU) the kernel must compile and load."""
     if extension.find_cuda_home() is None:
         pytest.skip("no CUDA toolkit (nvcc)")
     if torch.version.cuda is None:
