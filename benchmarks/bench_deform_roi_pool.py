@@ -1,4 +1,4 @@
-"""Deformable RoI pooling reference (``cuda_ops.deform_roi_pool``) against
+"""Deformable RoI pooling (``cuda_ops.deform_roi_pool`` and its reference) against
 ``torchvision.ops.roi_align`` with the same output size and samples per bin.
 
 D2Det's fine pooling step (spec d2det.md §2.1 step 4): ``--rois`` RoIs over ``--images``
@@ -13,8 +13,9 @@ run.
 
 On a CUDA device ``deform_roi_pool`` is the CUDA kernel when the extension loads (compiled on
 first use; the build is outside the timing, in the warmup); the PyTorch reference
-(``deform_roi_pool_reference``) is then timed as a third contender and the ratio kernel /
-reference printed too. On CPU ``deform_roi_pool`` is the reference. Usage::
+(``deform_roi_pool_reference``) is always timed as a third contender and the ratio kernel /
+reference printed too. Elsewhere ``deform_roi_pool`` is the ``grid_sample`` path, and the
+reference is timed beside it the same way. Usage::
 
     .venv/bin/python benchmarks/bench_deform_roi_pool.py
     .venv/bin/python benchmarks/bench_deform_roi_pool.py --device cuda --iters 20
@@ -98,7 +99,7 @@ def main() -> None:
 
     # on CUDA: the kernel if the extension loads (built here, before any timing)
     kernel = dev.type == "cuda" and load_deform_roi_pool_ext() is not None
-    runs = [ours, peer] + ([reference] if kernel else [])
+    runs = [ours, peer, reference]
     for _ in range(args.warmup):
         for run in runs:
             run()
@@ -108,18 +109,17 @@ def main() -> None:
             t.append(run())
     med = [statistics.median(t) for t in times]
     mo, mp = med[0], med[1]
-    impl = (", CUDA kernel" if kernel else ", PyTorch reference") if dev.type == "cuda" else ""
+    impl = ", CUDA kernel" if kernel else ", grid_sample path"
     print(f"device={dev} threads={torch.get_num_threads()} rois={args.rois} C={C} "
           f"maps={B}x{H}x{W} P={P} Q={Q} S={S} iters={args.iters}")
     if dev.type == "cuda" and not kernel:
-        print("CUDA kernel unavailable (see the warning above); deform_roi_pool is the reference")
+        print("CUDA kernel unavailable (see the warning above); deform_roi_pool is the grid_sample path")
     print(f"deform_roi_pool fwd+bwd: {mo * 1e3:.1f} ms (median{impl})")
     print(f"roi_align       fwd+bwd: {mp * 1e3:.1f} ms (median)")
     print(f"ratio ours / roi_align: {mo / mp:.2f}")
-    if kernel:
-        mr = med[2]
-        print(f"reference       fwd+bwd: {mr * 1e3:.1f} ms (median, PyTorch reference on {dev})")
-        print(f"ratio kernel / reference: {mo / mr:.3f}")
+    mr = med[2]
+    print(f"reference       fwd+bwd: {mr * 1e3:.1f} ms (median, PyTorch reference on {dev})")
+    print(f"ratio {'kernel' if kernel else 'grid_sample path'} / reference: {mo / mr:.3f}")
 
 
 if __name__ == "__main__":
