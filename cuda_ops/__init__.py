@@ -16,13 +16,20 @@ Present so far:
   ground truth; ``deform_roi_pool`` runs the CUDA kernel (``csrc/deform_roi_pool_cuda.cu``,
   forward and backward) for CUDA tensors when it builds, else the reference;
 - ``cuda_ops.soft_nms``: ``soft_nms`` / ``batched_soft_nms``, mmdet v1's CPU Soft-NMS
-  (linear or gaussian, legacy ``+1`` IoU), D2Det's final detection step (PyTorch only).
+  (linear or gaussian, legacy ``+1`` IoU), D2Det's final detection step (PyTorch only);
+- ``cuda_ops.corner_pool``: ``corner_pool(x, direction)`` / ``CornerPool(direction)``,
+  CornerNet's top/bottom/left/right pools (running max over rows >= i, rows <= i, columns
+  >= i, columns <= i of ``[B, C, H, W]``) for RepPoints V2's TLPool (top + left) and BRPool
+  (bottom + right). ``corner_pool_reference`` (flip + ``torch.cummax``) is the ground truth:
+  the gradient goes to the argmax, the nearest of tied maxima; ``corner_pool`` runs the CUDA
+  kernel (``csrc/corner_pool_cuda.cu``, forward and deterministic backward) for CUDA tensors
+  when it builds, else the reference.
 
-Building: ``cuda_ops._extension.load_deform_roi_pool_ext`` compiles the kernels with
-``torch.utils.cpp_extension`` (ninja + nvcc; ninja is pinned in requirements.lock) the first
-time a CUDA tensor needs them, into ``$DETLAB_CUDA_CACHE`` (default
-``~/.cache/detlab/cuda_ops``), and falls back to the reference, with one logged warning,
-when CUDA, nvcc or the build is missing. ``DETLAB_DISABLE_CUDA_OPS=1`` forces the references.
-``python -m cuda_ops.build`` compiles ahead of use, also without a GPU (sm_90 by default,
-``TORCH_CUDA_ARCH_LIST`` or ``--arch`` to choose).
+Building: ``cuda_ops._extension.load_deform_roi_pool_ext`` and ``load_corner_pool_ext``
+compile their extension with ``torch.utils.cpp_extension`` (ninja + nvcc; ninja is pinned in
+requirements.lock) the first time a CUDA tensor needs it, into ``$DETLAB_CUDA_CACHE``
+(default ``~/.cache/detlab/cuda_ops``), and fall back to the reference, with one logged
+warning, when CUDA, nvcc or the build is missing. ``DETLAB_DISABLE_CUDA_OPS=1`` forces the
+references. ``python -m cuda_ops.build`` compiles both ahead of use (``--op`` for one), also
+without a GPU (sm_90 by default, ``TORCH_CUDA_ARCH_LIST`` or ``--arch`` to choose).
 """

@@ -1,10 +1,17 @@
-"""Just-in-time build and lazy loading of the CUDA extension of ``cuda_ops``.
+"""Just-in-time build and lazy loading of the CUDA extensions of ``cuda_ops``.
 
-``load_deform_roi_pool_ext()`` compiles ``cuda_ops/csrc/deform_roi_pool{.cpp,_cuda.cu}`` with
-``torch.utils.cpp_extension.load`` (ninja + nvcc) the first time it is called in a process
-and returns the module, or ``None`` when the kernels cannot be used here; ``None`` means the
-caller runs the PyTorch reference. The outcome (module or ``None``) is remembered for the
-process, and the reason for a ``None`` is logged once as a warning:
+Two extensions, each with a loader and a build function:
+
+- ``deform_roi_pool`` (``csrc/deform_roi_pool{.cpp,_cuda.cu}``): ``load_deform_roi_pool_ext``
+  / ``build_deform_roi_pool_ext``;
+- ``corner_pool`` (``csrc/corner_pool{.cpp,_cuda.cu}``): ``load_corner_pool_ext`` /
+  ``build_corner_pool_ext``.
+
+A loader compiles its extension with ``torch.utils.cpp_extension.load`` (ninja + nvcc) the
+first time it is called in a process and returns the module, or ``None`` when the kernels
+cannot be used here; ``None`` means the caller runs the PyTorch reference. The outcome
+(module or ``None``) is remembered per extension for the process, and the reason for a
+``None`` is logged once as a warning:
 
 - ``DETLAB_DISABLE_CUDA_OPS`` set to anything but ``""``/``0``/``false``/``no`` (checked on
   every call, never remembered, logged at INFO): the reference is forced;
@@ -13,14 +20,16 @@ process, and the reason for a ``None`` is logged once as a warning:
 - the compilation or the import fails.
 
 Builds go to ``$DETLAB_CUDA_CACHE`` (default ``$XDG_CACHE_HOME/detlab/cuda_ops`` or
-``~/.cache/detlab/cuda_ops``) under ``torch-<version>/<archs>/deform_roi_pool``, so a torch
-upgrade or another GPU architecture builds afresh, and a second process (or a
-``python -m cuda_ops.build`` run beforehand) only loads the cached library. The architectures
-are ``$TORCH_CUDA_ARCH_LIST`` when set, else those of the visible GPUs, else
-:data:`DEFAULT_ARCH_LIST` (H100/H200), so that the build works on a machine without a GPU.
+``~/.cache/detlab/cuda_ops``) under ``torch-<version>/<archs>/<op>`` (``<op>`` is
+``deform_roi_pool`` or ``corner_pool``), so a torch upgrade or another GPU architecture
+builds afresh, and a second process (or a ``python -m cuda_ops.build`` run beforehand) only
+loads the cached library. The architectures are ``$TORCH_CUDA_ARCH_LIST`` when set, else
+those of the visible GPUs, else :data:`DEFAULT_ARCH_LIST` (H100/H200), so that the build
+works on a machine without a GPU.
 
-``build_deform_roi_pool_ext()`` is the same build without the GPU requirement and without
-memoisation; it raises on failure (used by ``python -m cuda_ops.build`` and the build test).
+``build_deform_roi_pool_ext()`` / ``build_corner_pool_ext()`` (both ``build_ext(op)``) are
+the same build without the GPU requirement and without memoisation; they raise on failure
+(used by ``python -m cuda_ops.build`` and the build tests).
 """
 from __future__ import annotations
 
@@ -31,6 +40,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -40,10 +50,14 @@ import torch
 __all__ = [
     "DEFAULT_ARCH_LIST",
     "DISABLE_ENV",
+    "OPS",
     "BuildResult",
+    "build_corner_pool_ext",
     "build_deform_roi_pool_ext",
+    "build_ext",
     "cuda_ops_disabled",
     "find_cuda_home",
+    "load_corner_pool_ext",
     "load_deform_roi_pool_ext",
     "resolve_arch_list",
 ]
@@ -53,16 +67,32 @@ log = logging.getLogger(__name__)
 DISABLE_ENV = "DETLAB_DISABLE_CUDA_OPS"
 CACHE_ENV = "DETLAB_CUDA_CACHE"
 DEFAULT_ARCH_LIST = "9.0"  # H100 / H200, the GPUs this project is lent; used when none is visible
-EXT_NAME = "detlab_deform_roi_pool"
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = (CSRC / "deform_roi_pool.cpp", CSRC / "deform_roi_pool_cuda.cu")
-# no --use_fast_math: sample validity and floor/ceil corners must follow IEEE arithmetic as
-# the reference's do
+
+
+@dataclass(frozen=True)
+class _Op:
+    """One extension: the module name it is imported as and its sources."""
+
+    ext_name: str
+    sources: tuple[Path, ...]
+
+
+OPS: dict[str, _Op] = {
+    "deform_roi_pool": _Op("detlab_deform_roi_pool",
+                           (CSRC / "deform_roi_pool.cpp", CSRC / "deform_roi_pool_cuda.cu")),
+    "corner_pool": _Op("detlab_corner_pool",
+                       (CSRC / "corner_pool.cpp", CSRC / "corner_pool_cuda.cu")),
+}
+# the deform_roi_pool names, kept for existing callers
+EXT_NAME = OPS["deform_roi_pool"].ext_name
+SOURCES = OPS["deform_roi_pool"].sources
+# no --use_fast_math: sample validity and floor/ceil corners (deform_roi_pool) and the NaN
+# tests of the running max (corner_pool) must follow IEEE arithmetic as the references' do
 EXTRA_CFLAGS = ["-O3"]
 EXTRA_CUDA_CFLAGS = ["-O3"]
 
-_UNSET = object()
-_cached: object = _UNSET  # ModuleType | None once tried
+_cached: dict[str, ModuleType | None] = {}  # op -> outcome, once tried
 _disabled_logged = False
 _lock = threading.Lock()
 
@@ -135,12 +165,14 @@ def resolve_arch_list(arch_list: str | None = None) -> str:
             or DEFAULT_ARCH_LIST).strip()
 
 
-def build_dir_for(arch_list: str) -> Path:
-    """``<cache>/torch-<version>/<archs>/deform_roi_pool`` for a ``TORCH_CUDA_ARCH_LIST``."""
+def build_dir_for(arch_list: str, op: str = "deform_roi_pool") -> Path:
+    """``<cache>/torch-<version>/<archs>/<op>`` for a ``TORCH_CUDA_ARCH_LIST``."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; one of {sorted(OPS)}")
     torch_tag = re.sub(r"[^A-Za-z0-9.]+", "_", torch.__version__)
     arch_tag = "-".join("sm_" + re.sub(r"[^A-Za-z0-9]+", "", a).lower()
                         for a in re.split(r"[;\s,]+", arch_list) if a)
-    return _cache_root() / f"torch-{torch_tag}" / arch_tag / "deform_roi_pool"
+    return _cache_root() / f"torch-{torch_tag}" / arch_tag / op
 
 
 def _ensure_ninja_on_path() -> None:
@@ -161,12 +193,17 @@ def _ensure_ninja_on_path() -> None:
             return
 
 
-def build_deform_roi_pool_ext(arch_list: str | None = None, verbose: bool = False) -> BuildResult:
-    """Compile (or load from the cache) and import the deformable RoI pooling extension.
+def build_ext(op: str, arch_list: str | None = None, verbose: bool = False) -> BuildResult:
+    """Compile (or load from the cache) and import the extension ``op`` (a key of
+    :data:`OPS`).
 
-    Needs nvcc and ninja, not a GPU. Raises ``RuntimeError`` when either is missing or torch
-    is not a CUDA build, and whatever the compiler or the import raise.
+    Needs nvcc and ninja, not a GPU. Raises ``ValueError`` for an unknown ``op``,
+    ``RuntimeError`` when nvcc or ninja is missing or torch is not a CUDA build, and whatever
+    the compiler or the import raise.
     """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; one of {sorted(OPS)}")
+    spec = OPS[op]
     if torch.version.cuda is None:
         raise RuntimeError(f"torch {torch.__version__} is not a CUDA build")
     cuda_home = find_cuda_home()
@@ -181,15 +218,16 @@ def build_deform_roi_pool_ext(arch_list: str | None = None, verbose: bool = Fals
     cpp_extension.CUDA_HOME = cuda_home
     cpp_extension.verify_ninja_availability()
     archs = resolve_arch_list(arch_list)
-    build_dir = build_dir_for(archs)
+    build_dir = build_dir_for(archs, op)
     build_dir.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("TORCH_CUDA_ARCH_LIST")
     os.environ["TORCH_CUDA_ARCH_LIST"] = archs
     try:
         t0 = time.perf_counter()
         module = cpp_extension.load(
-            name=EXT_NAME, sources=[str(s) for s in SOURCES], build_directory=str(build_dir),
-            extra_cflags=EXTRA_CFLAGS, extra_cuda_cflags=EXTRA_CUDA_CFLAGS, verbose=verbose)
+            name=spec.ext_name, sources=[str(s) for s in spec.sources],
+            build_directory=str(build_dir), extra_cflags=EXTRA_CFLAGS,
+            extra_cuda_cflags=EXTRA_CUDA_CFLAGS, verbose=verbose)
         seconds = time.perf_counter() - t0
     finally:
         if old is None:
@@ -199,20 +237,33 @@ def build_deform_roi_pool_ext(arch_list: str | None = None, verbose: bool = Fals
     return BuildResult(module=module, build_dir=build_dir, arch_list=archs, seconds=seconds)
 
 
-def load_deform_roi_pool_ext() -> ModuleType | None:
-    """The compiled extension, built on the first call of the process, or ``None`` (use the
-    PyTorch reference); see the module docstring for when and why ``None``."""
-    global _cached, _disabled_logged
+def build_deform_roi_pool_ext(arch_list: str | None = None, verbose: bool = False) -> BuildResult:
+    """Compile (or load from the cache) and import the deformable RoI pooling extension
+    (:func:`build_ext` for ``"deform_roi_pool"``)."""
+    return build_ext("deform_roi_pool", arch_list, verbose)
+
+
+def build_corner_pool_ext(arch_list: str | None = None, verbose: bool = False) -> BuildResult:
+    """Compile (or load from the cache) and import the corner pooling extension
+    (:func:`build_ext` for ``"corner_pool"``)."""
+    return build_ext("corner_pool", arch_list, verbose)
+
+
+def _load(op: str, build: Callable[[], BuildResult]) -> ModuleType | None:
+    """The memoised loader behind ``load_<op>_ext``: ``build()`` on the first call of the
+    process (when CUDA, a CUDA torch and nvcc are there), its module or ``None`` afterwards;
+    see the module docstring."""
+    global _disabled_logged
     if cuda_ops_disabled():
         if not _disabled_logged:
             _disabled_logged = True
             log.info("%s is set: cuda_ops use the PyTorch references", DISABLE_ENV)
         return None
-    if _cached is not _UNSET:
-        return _cached  # type: ignore[return-value]
+    if op in _cached:
+        return _cached[op]
     with _lock:
-        if _cached is not _UNSET:
-            return _cached  # type: ignore[return-value]
+        if op in _cached:
+            return _cached[op]
         module: ModuleType | None = None
         reason = ""
         if not torch.cuda.is_available():
@@ -223,21 +274,34 @@ def load_deform_roi_pool_ext() -> ModuleType | None:
             reason = "no CUDA toolkit (nvcc) found; set CUDA_HOME"
         else:
             try:
-                res = build_deform_roi_pool_ext()
+                res = build()
                 module = res.module
-                log.info("cuda_ops: deform_roi_pool extension ready in %s (%.1f s, archs %s)",
-                         res.build_dir, res.seconds, res.arch_list)
+                log.info("cuda_ops: %s extension ready in %s (%.1f s, archs %s)",
+                         op, res.build_dir, res.seconds, res.arch_list)
             except Exception as e:  # noqa: BLE001 - any build/import failure means fallback
                 reason = f"building the extension failed: {type(e).__name__}: {e}"
         if module is None:
-            log.warning("cuda_ops: deform_roi_pool CUDA kernel unavailable (%s); "
-                        "using the PyTorch reference", reason.strip()[:2000])
-        _cached = module
+            log.warning("cuda_ops: %s CUDA kernel unavailable (%s); "
+                        "using the PyTorch reference", op, reason.strip()[:2000])
+        _cached[op] = module
         return module
 
 
+def load_deform_roi_pool_ext() -> ModuleType | None:
+    """The compiled deformable RoI pooling extension, built on the first call of the
+    process, or ``None`` (use the PyTorch reference); see the module docstring for when and
+    why ``None``."""
+    # looked up at call time, so that tests can replace build_deform_roi_pool_ext
+    return _load("deform_roi_pool", lambda: build_deform_roi_pool_ext())
+
+
+def load_corner_pool_ext() -> ModuleType | None:
+    """The compiled corner pooling extension, built on the first call of the process, or
+    ``None`` (use the PyTorch reference); see the module docstring."""
+    return _load("corner_pool", lambda: build_corner_pool_ext())
+
+
 def _reset_cache_for_tests() -> None:
-    """Forget the remembered outcome of :func:`load_deform_roi_pool_ext`."""
-    global _cached
+    """Forget the remembered outcomes of the loaders (every extension)."""
     with _lock:
-        _cached = _UNSET
+        _cached.clear()
