@@ -34,6 +34,14 @@ D2Det (``detector: d2det``) replaces ``roi_head`` by::
       assigner, sampler: as above
       train: D2DetRoIHead training kwargs (max_num_reg, jitter_amplitude, loss weights, ...)
       test: D2DetRoIHead test kwargs (score_thr, nms_iou, max_per_img, soft_nms_*, ...)
+
+RepPoints (``detector: reppoints``, a single-stage detector) has no ``rpn_head`` /
+``roi_head``; instead::
+
+    bbox_head: RepPointsHead kwargs (without in_channels, num_classes), plus
+      init_assigner: PointAssigner kwargs
+      refine_assigner: {type: max_iou, MaxIoUAssigner kwargs} or {type: atss, ATSSAssigner kwargs}
+      test: {nms_pre, score_thr, nms_iou, max_per_img}
 """
 from __future__ import annotations
 
@@ -43,7 +51,9 @@ from torch import nn
 
 from models.backbones.resnet import ResNet
 from models.dense_heads.rpn_head import ProposalConfig, RPNHead
+from models.dense_heads.reppoints_head import RepPointsHead
 from models.detectors.d2det import D2Det
+from models.detectors.single_stage import RepPointsDetector
 from models.detectors.two_stage import FasterRCNN
 from models.necks.fpn import FPN
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
@@ -55,10 +65,12 @@ from models.roi_heads.roi_extractor import SingleRoIExtractor
 from models.roi_heads.standard_roi_head import StandardRoIHead
 from models.task_modules.anchor_generator import AnchorGenerator
 from models.task_modules.assigners import MaxIoUAssigner
+from models.task_modules.atss_assigner import ATSSAssigner
 from models.task_modules.box_coder import DeltaXYWHBBoxCoder
+from models.task_modules.point_assigner import PointAssigner
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn", "d2det")
+DETECTORS = ("faster_rcnn", "d2det", "reppoints")
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -156,6 +168,28 @@ def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int
     )
 
 
+REFINE_ASSIGNERS = {"max_iou": MaxIoUAssigner, "atss": ATSSAssigner}
+
+
+def build_reppoints_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> RepPointsHead:
+    cfg = dict(cfg)
+    w = "bbox_head."
+    refine_cfg = _section(cfg, "refine_assigner", w)
+    kind = refine_cfg.pop("type", None)
+    if kind not in REFINE_ASSIGNERS:
+        raise ValueError(f"model config {w}refine_assigner.type must be one of {sorted(REFINE_ASSIGNERS)}, "
+                         f"got {kind!r}")
+    parts = {
+        "init_assigner": _make(PointAssigner, _section(cfg, "init_assigner", w), w + "init_assigner"),
+        "refine_assigner": _make(REFINE_ASSIGNERS[kind], refine_cfg, w + "refine_assigner"),
+    }
+    test = _section(cfg, "test", w)
+    for key in (*parts, "test"):
+        cfg.pop(key)
+    return _make(RepPointsHead, {**cfg, **parts, **test, "in_channels": in_channels, "num_classes": num_classes},
+                 "bbox_head")
+
+
 def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load_pretrained: bool = True) -> nn.Module:
     """Build detector ``detector`` (one of :data:`DETECTORS`) from a preset's ``model`` section.
 
@@ -172,6 +206,9 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
         backbone_cfg["pretrained"] = None
     backbone = build_backbone(backbone_cfg)
     neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
+    if detector == "reppoints":
+        head = build_reppoints_head(_section(model_cfg, "bbox_head", ""), neck.out_channels, num_classes)
+        return RepPointsDetector(backbone, neck, head)
     rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
     roi_cfg = _section(model_cfg, "roi_head", "")
     if detector == "d2det":

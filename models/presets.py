@@ -208,10 +208,88 @@ D2DET_R101_FPN = _d2det(101, dcn=False, sample_per_part=1, mask=False)
 D2DET_R101_FPN_DCN = _d2det(101, dcn=True, sample_per_part=1, mask=False)
 D2DET_R101_FPN_MASK = _d2det(101, dcn=False, sample_per_part=1, mask=True)
 
+# ------------------------------------------------------------------------------ RepPoints
+def _reppoints_head(channels: int, improved: bool) -> dict[str, Any]:
+    """RepPoints V1 head (specs/reppoints.md §1). ``improved=False``: the original V1 (mmdetection
+    ``reppoints_moment_r50_fpn_gn-neck+head_1x``: moment transform, MaxIoU 0.5 / 0.4 refine
+    assigner with min_pos_iou 0, SmoothL1 beta 0.11 weighted 0.5 / 1.0, NMS 0.5).
+    ``improved=True``: the RPv2 repo's ``reppoints_v1_r50_fpn_giou_1x`` (exact_minmax, ATSS topk 9
+    refine assigner, GIoU weighted 1.0 / 2.0 with the repo's "+1" widths, NMS 0.6). Both: 3 GN(32)
+    convs per tower, 9 points, gradient_mul 0.1, P3-P7, point_base_scale 4, PointAssigner(4, 1),
+    focal loss 2 / 0.25, nms_pre 1000, score_thr 0.05, 100 per image. The flags the spec leaves
+    open are decided in :mod:`models.dense_heads.reppoints_head`."""
+    if improved:
+        refine: dict[str, Any] = {"type": "atss", "topk": 9, "ignore_iof_thr": -1.0}
+    else:
+        refine = {"type": "max_iou", "pos_iou_thr": 0.5, "neg_iou_thr": 0.4, "min_pos_iou": 0.0,
+                  "gt_max_assign_all": True, "ignore_iof_thr": -1.0, "match_low_quality": True}
+    return {
+        "feat_channels": channels, "point_feat_channels": channels, "stacked_convs": 3, "num_points": 9,
+        "gradient_mul": 0.1, "point_strides": [8, 16, 32, 64, 128], "point_base_scale": 4.0,
+        "norm": "gn", "norm_groups": 32,
+        "transform_method": "exact_minmax" if improved else "moment", "moment_mul": 0.01,
+        "init_assigner": {"scale": 4.0, "pos_num": 1},
+        "refine_assigner": refine,
+        "drop_zero_iou_matches": True,
+        "loss_cls_gamma": 2.0, "loss_cls_alpha": 0.25, "loss_cls_weight": 1.0,
+        "loss_bbox": "giou" if improved else "smooth_l1", "loss_bbox_beta": 0.11, "giou_legacy": improved,
+        "loss_init_weight": 1.0 if improved else 0.5, "loss_refine_weight": 2.0 if improved else 1.0,
+        "test": {"nms_pre": 1000, "score_thr": 0.05, "nms_iou": 0.6 if improved else 0.5, "max_per_img": 100},
+    }
+
+
+def _reppoints_v1(improved: bool) -> dict[str, Any]:
+    """A RepPoints V1 preset (specs/reppoints.md §1.7, §4).
+
+    Paper scale: ImageNet ResNet-50 (frozen stem + res2, norm_eval), FPN P3-P7 (C3-C5, P6 from
+    C5 ``on_input``, P7 from P6) with GN(32), 256-wide head; 1333 x 800, flip 0.5; 12 epochs of
+    2 images x 8 GPUs, SGD lr 0.01 (steps at 8 and 11), warmup 500 iterations (ratio 1/3 in the
+    original V1 configs, 0.001 in the RPv2 repo), gradient clip L2 35.
+
+    CPU scale: the Faster R-CNN CPU backbone (half-width ResNet-18 from scratch, C3-C5), a
+    64-channel GN(32) FPN P3-P7 (strides 8..128, P6 on C5), the same head 64 wide, 160 px
+    images and the Faster R-CNN CPU schedule (5 epochs of 8, lr 0.04, grad clip 10).
+    """
+    frcnn_paper = FASTER_RCNN_R50_FPN_1X["scales"]["paper"]
+    frcnn_cpu = FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]
+    neck = {"num_outs": 5, "add_extra_convs": "on_input", "relu_before_extra_convs": False, "norm": "gn"}
+    return {
+        "detector": "reppoints",
+        "scales": {
+            "paper": {
+                "model": {
+                    "backbone": _resnet_paper(50),
+                    "neck": {"out_channels": 256, "start_level": 1, **neck},
+                    "bbox_head": _reppoints_head(256, improved),
+                },
+                "data": dict(frcnn_paper["data"]),
+                "schedule": {"epochs": 12, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.01, "momentum": 0.9,
+                             "weight_decay": 1e-4, "warmup_iters": 500,
+                             "warmup_ratio": 0.001 if improved else 1.0 / 3, "lr_steps": [8, 11], "gamma": 0.1,
+                             "grad_clip": 35.0},
+            },
+            "cpu": {
+                "model": {
+                    "backbone": dict(frcnn_cpu["model"]["backbone"]),
+                    "neck": {"out_channels": 64, "start_level": 0, **neck},
+                    "bbox_head": _reppoints_head(64, improved),
+                },
+                "data": dict(frcnn_cpu["data"]),
+                "schedule": dict(frcnn_cpu["schedule"]),
+            },
+        },
+    }
+
+
+REPPOINTS_V1_R50_FPN_GN_1X = _reppoints_v1(improved=False)
+REPPOINTS_V1_R50_FPN_GN_GIOU_1X = _reppoints_v1(improved=True)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "faster_rcnn_r50_fpn_1x": FASTER_RCNN_R50_FPN_1X,
     "d2det_r50_fpn": D2DET_R50_FPN,
     "d2det_r101_fpn": D2DET_R101_FPN,
     "d2det_r101_fpn_dcn": D2DET_R101_FPN_DCN,
     "d2det_r101_fpn_mask": D2DET_R101_FPN_MASK,
+    "reppoints_v1_r50_fpn_gn_1x": REPPOINTS_V1_R50_FPN_GN_1X,
+    "reppoints_v1_r50_fpn_gn_giou_1x": REPPOINTS_V1_R50_FPN_GN_GIOU_1X,
 }

@@ -18,7 +18,7 @@ from torch import nn
 from models.build import build_model
 from models.presets import PRESETS
 
-PARTS = ("backbone", "neck", "rpn_head", "roi_head")
+PARTS = ("backbone", "neck", "rpn_head", "roi_head", "bbox_head")
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -38,11 +38,12 @@ def preset_counts(preset: str, scale: str, num_classes: int = 80) -> dict[str, i
 
 def format_table(rows: list[tuple[str, str, dict[str, int]]]) -> str:
     columns = [*PARTS, "total", "trainable"]
-    header = f"{'preset':<28} {'scale':<6} " + " ".join(f"{c:>10}" for c in columns)
+    width = max([len("preset"), *(len(preset) for preset, _, _ in rows)])
+    header = f"{'preset':<{width}} {'scale':<6} " + " ".join(f"{c:>10}" for c in columns)
     lines = [header, "-" * len(header)]
     for preset, scale, counts in rows:
         cells = " ".join(f"{counts.get(c, 0) / 1e6:>9.3f}M" for c in columns)
-        lines.append(f"{preset:<28} {scale:<6} {cells}")
+        lines.append(f"{preset:<{width}} {scale:<6} {cells}")
     return "\n".join(lines)
 
 
