@@ -5,9 +5,9 @@
 Three implementations of one function:
 
 - :func:`deform_roi_pool_reference`, pure PyTorch (CPU or GPU), the documented ground truth;
-- :func:`deform_roi_pool_sampled`, the same sample positions through ``F.grid_sample``:
-  the fast path without a kernel (equal to the reference up to rounding; see its docstring
-  for the one measure-zero gradient difference);
+- :func:`deform_roi_pool_sampled`, the same sample positions through ``F.grid_sample``
+  (equal to the reference up to rounding; see its docstring for the one measure-zero
+  gradient difference, and for why it is dispatched although it is slower on CPU);
 - the CUDA kernel (``csrc/deform_roi_pool_cuda.cu``, built on first use by
   :mod:`cuda_ops._extension`), wrapped in an autograd Function and tested against the
   reference.
@@ -226,9 +226,16 @@ def deform_roi_pool_sampled(
     sample_per_part: int,
     trans_std: float,
 ) -> Tensor:
-    """The same pooling through ``F.grid_sample`` (one call per image): the fast path where no
-    CUDA kernel is available (about 10x faster than the reference on CPU, whose
-    ``embedding_bag`` backward sorts every index).
+    """The same pooling through ``F.grid_sample`` (one call per image), the path the
+    dispatcher takes where no CUDA kernel is available.
+
+    Measured on 2 CPU cores with nothing else running (``benchmarks/README.md``), this path is
+    **slower** than :func:`deform_roi_pool_reference`: 1.7x at the D2Det CPU scale (64
+    channels, 600 RoIs, 1 sample per bin side) and 5.5x at 256 channels. It was made the
+    dispatched path on a measurement taken while a compiler ran on the same machine. The
+    committed CPU-scale D2Det results were trained through it, and switching changes the
+    floating-point rounding of training, so the dispatcher returns to the reference together
+    with the next retraining of those results.
 
     Same sample positions (:func:`_sample_coordinates`), validity and mean as the reference;
     ``grid_sample(align_corners=True, padding_mode="border")`` clamps to ``[0, W-1] x [0,
