@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torchvision.ops import box_iou
 
 from models.build import build_model
 from models.presets import PRESETS
@@ -15,6 +14,7 @@ from models.roi_heads.d2det_instance_head import (mask_area_ratios, mask_iou_tar
 from models.roi_heads.d2det_roi_head import D2DetRoIHead
 from models.summary import preset_counts
 from models.task_modules.samplers import SamplingResult
+from tests.detection_checks import best_match_iou, overfit, total_loss
 
 DET, MASK = "d2det_r50_fpn", "d2det_r101_fpn_mask"
 NUM_CLASSES = 3
@@ -57,8 +57,6 @@ def _batch(with_masks: bool):
     return images, targets
 
 
-def _loss(losses: dict) -> torch.Tensor:
-    return sum(v for k, v in losses.items() if k.startswith("loss"))
 
 
 @pytest.mark.parametrize("preset", [DET, MASK])
@@ -75,7 +73,7 @@ def test_train_and_eval_outputs_including_an_image_without_objects(preset):
         expected |= {"loss_instance", "loss_mask_iou"}
     assert set(losses) == expected
     assert all(torch.isfinite(v) for v in losses.values())
-    _loss(losses).backward()
+    total_loss(losses).backward()
     head = model.roi_head
     assert head.dlr_head.reg.weight.grad is not None and head.dlr_head.reg.weight.grad.abs().sum() > 0
     assert head.bbox_roi_extractor.levels[0].awpool.logit.weight.grad is not None
@@ -133,14 +131,14 @@ def test_roi_head_losses_with_no_object_and_with_one_object():
     none = head.forward_train(feats, proposals, [torch.zeros((0, 4))], [torch.zeros(0, dtype=torch.long)],
                               None, [(160, 160)])
     assert none["loss_reg"].item() == 0.0 and none["loss_overlap"].item() == 0.0 and none["loss_cls"].item() > 0
-    _loss(none).backward()  # zero losses stay connected to the graph
+    total_loss(none).backward()  # zero losses stay connected to the graph
     one = head.forward_train(feats, proposals, [torch.tensor([[12.0, 14.0, 58.0, 66.0]])],
                              [torch.tensor([1])], None, [(160, 160)])
     # at init the regression outputs ~0 -> every cell decodes to a point; IoU ~0 -> softened -log(0.1)
     import math
     assert 0 < one["loss_reg"].item() <= 2.0 * math.log(10) + 1e-4
     assert abs(one["loss_overlap"].item() - math.log(2)) < 0.05
-    _loss(one).backward()
+    total_loss(one).backward()
 
 
 def test_refinement_averages_positive_cells_and_falls_back_to_the_proposal():
@@ -192,31 +190,18 @@ def test_instance_targets_by_hand():
 def test_overfits_one_synthetic_batch(preset):
     """A few dozen iterations on one batch drive the loss down and the refined boxes onto the gt."""
     with_masks = preset == MASK
-    model = _model(preset, seed=0, num_rois=64).train()
+    model = _model(preset, seed=0, num_rois=64)
     images, targets = _batch(with_masks)
     sizes = [(160, 160)] * 2
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    history = []
-    regs = []
-    for _ in range(80):
-        losses = model(images, sizes, targets)
-        regs.append(losses["loss_reg"].item())
-        loss = _loss(losses)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
-        history.append(loss.item())
+    regs: list[float] = []
+    history = overfit(model, images, sizes, targets, 80, on_losses=lambda l: regs.append(l["loss_reg"].item()))
     assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
     assert sum(regs[-3:]) < 0.6 * sum(regs[:3]), regs  # the dense regression itself learned
     model.eval()
     with torch.no_grad():
         dets = model(images, sizes)
     for det, target in zip(dets, targets):
-        iou = box_iou(target["boxes"], det["boxes"])
-        same_class = target["labels"][:, None] == det["labels"][None, :]
-        confident = det["scores"][None, :] > 0.3
-        best = (iou * same_class * confident).max(dim=1).values
+        best = best_match_iou(det, target)
         assert (best > 0.5).all(), (best, det["boxes"][:5], det["scores"][:5])
 
 

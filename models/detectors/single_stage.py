@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from models.dense_heads.reppoints_head import RepPointsHead
-from models.detectors.two_stage import unpack_targets
+from models.detectors.two_stage import check_inputs, unpack_targets
 
 
 class SingleStageDetector(nn.Module):
@@ -44,12 +44,8 @@ class SingleStageDetector(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         targets: Sequence[dict[str, Tensor]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
-        if len(image_sizes) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(image_sizes)} image sizes")
+        image_sizes = check_inputs(images, image_sizes, targets, self.training)
         if self.training:
-            if targets is None or len(targets) != images.shape[0]:
-                raise ValueError("training needs one target dict per image")
             num_classes = getattr(self.bbox_head, "num_classes", None)
             gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, num_classes)
             features = self.extract_feat(images)

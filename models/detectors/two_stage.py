@@ -49,6 +49,17 @@ def unpack_targets(targets: Sequence[dict[str, Tensor]], device: torch.device, n
     return boxes, labels, ignore
 
 
+def check_inputs(images: Tensor, image_sizes: Sequence[tuple[int, int]],
+                 targets: Sequence[dict[str, Tensor]] | None, training: bool) -> list[tuple[int, int]]:
+    """Validate the call contract's arguments; returns ``image_sizes`` as int (h, w) pairs."""
+    sizes = [(int(h), int(w)) for h, w in image_sizes]
+    if len(sizes) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(sizes)} image sizes")
+    if training and (targets is None or len(targets) != images.shape[0]):
+        raise ValueError("training needs one target dict per image")
+    return sizes
+
+
 class TwoStageDetector(nn.Module):
     """Generic two-stage detector.
 
@@ -82,13 +93,9 @@ class TwoStageDetector(nn.Module):
         image_sizes: Sequence[tuple[int, int]],
         targets: Sequence[dict[str, Tensor]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        image_sizes = [(int(h), int(w)) for h, w in image_sizes]
-        if len(image_sizes) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {len(image_sizes)} image sizes")
+        image_sizes = check_inputs(images, image_sizes, targets, self.training)
         features = self.extract_feat(images)
         if self.training:
-            if targets is None or len(targets) != images.shape[0]:
-                raise ValueError("training needs one target dict per image")
             num_classes = getattr(self.roi_head, "num_classes", None)
             gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, num_classes)
             losses = {}

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from models.losses.iou_loss import IoUWeighting, iou_loss
 
-__all__ = ["DenseLocalRegressionHead", "random_jitter", "cell_points", "dense_targets", "encode_dense",
+__all__ = ["DenseLocalRegressionHead", "clip_to_image", "random_jitter", "cell_points", "dense_targets", "encode_dense",
            "decode_dense", "average_positive_cells", "d2det_dense_loss"]
 
 V1_REG_LOSS_WEIGHT = 2.0  # hard-coded in the official D2Det.__init__ (IoULoss(loss_weight=2.0))
@@ -37,7 +37,7 @@ def _image_hw(image_sizes_per_box: Tensor | tuple[int, int], n: int, like: Tenso
     return like.new_tensor([float(image_sizes_per_box[0]), float(image_sizes_per_box[1])]).expand(n, 2)
 
 
-def _clip(boxes: Tensor, hw: Tensor) -> Tensor:
+def clip_to_image(boxes: Tensor, hw: Tensor) -> Tensor:
     """Clip FloatTensor[N, 4] to ``[0, w-1] x [0, h-1]`` (mmdet v1 ``img_shape - 1``)."""
     xmax = (hw[:, 1] - 1)[:, None]
     ymax = (hw[:, 0] - 1)[:, None]
@@ -72,7 +72,7 @@ def random_jitter(boxes: Tensor, image_sizes_per_box: Tensor | tuple[int, int], 
     new_cxcy = cxcy + wh * u[:, :2]
     new_wh = wh * (1 + u[:, 2:])
     jittered = torch.cat([new_cxcy - new_wh / 2, new_cxcy + new_wh / 2], dim=1)
-    return _clip(jittered, _image_hw(image_sizes_per_box, n, boxes))
+    return clip_to_image(jittered, _image_hw(image_sizes_per_box, n, boxes))
 
 
 def cell_points(proposals: Tensor, grid: int = 7) -> Tensor:
@@ -156,7 +156,7 @@ def average_positive_cells(boxes_per_cell: Tensor, overlap_logits: Tensor,
     n = boxes_per_cell.shape[0]
     m = (overlap_logits.reshape(n, -1) > 0).to(boxes_per_cell.dtype)
     boxes = (boxes_per_cell * m[..., None]).sum(1) / (m.sum(1, keepdim=True) + 1e-5)
-    return _clip(boxes, _image_hw(image_sizes_per_box, n, boxes))
+    return clip_to_image(boxes, _image_hw(image_sizes_per_box, n, boxes))
 
 
 def d2det_dense_loss(reg: Tensor, overlap_logits: Tensor, proposals: Tensor, gt_boxes: Tensor,

@@ -54,7 +54,7 @@ from torch import Tensor
 from cuda_ops.soft_nms import batched_soft_nms
 from models.losses.iou_loss import IoUWeighting
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
-from models.roi_heads.d2det_head import DenseLocalRegressionHead, decode_dense, random_jitter
+from models.roi_heads.d2det_head import DenseLocalRegressionHead, clip_to_image, random_jitter
 from models.roi_heads.d2det_instance_head import (D2DetInstanceBranch, concat_gt_masks, instance_losses,
                                                   mask_area_ratios, mask_iou_targets, mask_targets,
                                                   overlap_from_masks)
@@ -267,18 +267,12 @@ class D2DetRoIHead(StandardRoIHead):
         if rois.shape[0] == 0:
             return rois.new_zeros((0, 4)), torch.zeros((0,), dtype=torch.bool, device=rois.device)
         reg, overlap_logits = self.dlr_head(self.reg_roi_extractor(features, rois))
-        cells = decode_dense(reg.float(), rois[:, 1:5].float())
-        n = rois.shape[0]
-        m = (overlap_logits.reshape(n, -1) > 0).float()
-        empty = m.sum(1) == 0
-        boxes = (cells * m[..., None]).sum(1) / (m.sum(1, keepdim=True) + 1e-5)
+        hw = torch.tensor(image_sizes, dtype=torch.float32, device=rois.device).reshape(-1, 2)[rois[:, 0].long()]
+        boxes = self.dlr_head.predict_boxes(reg.float(), overlap_logits, rois[:, 1:5].float(), hw)
+        empty = (overlap_logits.reshape(rois.shape[0], -1) > 0).sum(1) == 0
         if self.empty_cells == "proposal":
-            boxes = torch.where(empty[:, None], rois[:, 1:5].float(), boxes)
-        hw = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device).reshape(-1, 2)[rois[:, 0].long()]
-        xmax, ymax = (hw[:, 1] - 1)[:, None], (hw[:, 0] - 1)[:, None]
-        xs = torch.minimum(boxes[:, 0::2].clamp(min=0), xmax)
-        ys = torch.minimum(boxes[:, 1::2].clamp(min=0), ymax)
-        return torch.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], dim=1), empty
+            boxes = torch.where(empty[:, None], clip_to_image(rois[:, 1:5].float(), hw), boxes)
+        return boxes, empty
 
     def predict_masks(self, features: Sequence[Tensor], rois: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Instance variant: FloatTensor[K, 1, M, M] mask probabilities of the detected class
