@@ -7,7 +7,8 @@ output size, number of classes) are filled in here, not configured.
 
 Model config layout::
 
-    backbone: ResNet kwargs
+    backbone: optional ``type`` ("resnet", the default when absent, or "mobilenet_v2"),
+      plus ResNet or MobileNetV2 kwargs
     neck: FPN kwargs (without in_channels)
     rpn_head:
       feat_channels, allowed_border, loss_cls_weight, loss_bbox_beta, loss_bbox_weight
@@ -42,6 +43,10 @@ RepPoints (``detector: reppoints``, a single-stage detector) has no ``rpn_head``
       init_assigner: PointAssigner kwargs
       refine_assigner: {type: max_iou, MaxIoUAssigner kwargs} or {type: atss, ATSSAssigner kwargs}
       test: {nms_pre, score_thr, nms_iou, max_per_img}
+
+RepPoints V2 (``detector: reppoints_v2``) has the same layout with RepPointsV2Head kwargs
+(``shared_stacked_convs``, ``corner_dim``, the verification loss settings) and
+``test.corner_snapping``.
 """
 from __future__ import annotations
 
@@ -49,9 +54,11 @@ from typing import Any
 
 from torch import nn
 
+from models.backbones.mobilenet_v2 import MobileNetV2
 from models.backbones.resnet import ResNet
 from models.dense_heads.rpn_head import ProposalConfig, RPNHead
 from models.dense_heads.reppoints_head import RepPointsHead
+from models.dense_heads.reppoints_v2_head import RepPointsV2Head
 from models.detectors.d2det import D2Det
 from models.detectors.single_stage import RepPointsDetector
 from models.detectors.two_stage import FasterRCNN
@@ -70,7 +77,7 @@ from models.task_modules.box_coder import DeltaXYWHBBoxCoder
 from models.task_modules.point_assigner import PointAssigner
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn", "d2det", "reppoints")
+DETECTORS = ("faster_rcnn", "d2det", "reppoints", "reppoints_v2")
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -86,8 +93,17 @@ def _make(cls: type, kwargs: dict[str, Any], where: str) -> Any:
         raise TypeError(f"model config {where}: {e}") from e
 
 
-def build_backbone(cfg: dict[str, Any]) -> ResNet:
-    return _make(ResNet, cfg, "backbone")
+BACKBONES: dict[str, type[nn.Module]] = {"resnet": ResNet, "mobilenet_v2": MobileNetV2}
+
+
+def build_backbone(cfg: dict[str, Any]) -> ResNet | MobileNetV2:
+    """The backbone named by ``cfg["type"]`` (one of :data:`BACKBONES`; ``"resnet"`` when
+    absent), built from the remaining keys. Both expose ``out_channels`` and ``strides``."""
+    cfg = dict(cfg)
+    kind = cfg.pop("type", "resnet")
+    if not isinstance(kind, str) or kind not in BACKBONES:
+        raise ValueError(f"model config backbone.type: unknown backbone {kind!r}; known types: {sorted(BACKBONES)}")
+    return _make(BACKBONES[kind], cfg, "backbone")
 
 
 def build_neck(cfg: dict[str, Any], in_channels: list[int]) -> FPN:
@@ -171,7 +187,8 @@ def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int
 REFINE_ASSIGNERS = {"max_iou": MaxIoUAssigner, "atss": ATSSAssigner}
 
 
-def build_reppoints_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> RepPointsHead:
+def build_reppoints_head(cfg: dict[str, Any], in_channels: int, num_classes: int,
+                         head_class: type[RepPointsHead] = RepPointsHead) -> RepPointsHead:
     cfg = dict(cfg)
     w = "bbox_head."
     refine_cfg = _section(cfg, "refine_assigner", w)
@@ -186,7 +203,7 @@ def build_reppoints_head(cfg: dict[str, Any], in_channels: int, num_classes: int
     test = _section(cfg, "test", w)
     for key in (*parts, "test"):
         cfg.pop(key)
-    return _make(RepPointsHead, {**cfg, **parts, **test, "in_channels": in_channels, "num_classes": num_classes},
+    return _make(head_class, {**cfg, **parts, **test, "in_channels": in_channels, "num_classes": num_classes},
                  "bbox_head")
 
 
@@ -206,8 +223,9 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
         backbone_cfg["pretrained"] = None
     backbone = build_backbone(backbone_cfg)
     neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
-    if detector == "reppoints":
-        head = build_reppoints_head(_section(model_cfg, "bbox_head", ""), neck.out_channels, num_classes)
+    if detector in ("reppoints", "reppoints_v2"):
+        head_class = RepPointsV2Head if detector == "reppoints_v2" else RepPointsHead
+        head = build_reppoints_head(_section(model_cfg, "bbox_head", ""), neck.out_channels, num_classes, head_class)
         return RepPointsDetector(backbone, neck, head)
     rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
     roi_cfg = _section(model_cfg, "roi_head", "")

@@ -21,7 +21,7 @@ from models.task_modules.atss_assigner import ATSSAssigner
 from models.task_modules.point_generator import PointGenerator
 from tests.detection_checks import best_match_iou, overfit, rectangles_batch, total_loss
 
-ORIG, GIOU = "reppoints_v1_r50_fpn_gn_1x", "reppoints_v1_r50_fpn_gn_giou_1x"
+ORIG, GIOU = "reppoints_moment_r50_fpn_gn_1x", "reppoints_v1_r50_fpn_giou_1x"
 NUM_CLASSES = 3
 
 

@@ -80,10 +80,10 @@ Decisions on the spec's flags and open points:
    ``ignore_iof_thr`` enables them (off in both presets, as in the references).
 7. **NMS IoU**: a test argument; 0.5 for the original V1 preset, 0.6 for the RPv2 preset.
    torchvision's NMS (no "+1"), identical to mmdetection's kernel (§1.5).
-8. **Refine assigner per preset** (§1.3, §1.7): ``reppoints_v1_r50_fpn_gn_1x`` (original V1,
-   SmoothL1, moment) uses MaxIoU 0.5 / 0.4 / min_pos 0; ``reppoints_v1_r50_fpn_gn_giou_1x``
-   reproduces the RPv2 repo's ``reppoints_v1_r50_fpn_giou_1x`` and therefore uses ATSS
-   (topk 9) with exact_minmax. ``ATSSAssigner`` takes all candidates of a level with fewer
+8. **Refine assigner per preset** (§1.3, §1.7): ``reppoints_moment_r50_fpn_gn_1x`` (original V1,
+   SmoothL1, moment) uses MaxIoU 0.5 / 0.4 / min_pos 0; the ``reppoints_v1_*`` presets
+   reproduce the RPv2 repo's "improved V1" configs and therefore use ATSS (topk 9) with
+   exact_minmax. ``ATSSAssigner`` takes all candidates of a level with fewer
    than 9 cells (§8.7).
 9. **Precision**: the DCNs, the point / box arithmetic and all losses run in float32 (also
    under autocast); detections are float32.
@@ -91,7 +91,7 @@ Decisions on the spec's flags and open points:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -240,6 +240,9 @@ class RepPointsHead(nn.Module):
         nms_pre, score_thr, nms_iou, max_per_img: inference (module doc).
     """
 
+    #: channels appended to the tower features before the two DCNs (RepPoints V2: 6 corner maps)
+    dcn_extra_in_channels: int = 0
+
     def __init__(
         self,
         num_classes: int,
@@ -295,6 +298,8 @@ class RepPointsHead(nn.Module):
         self.point_base_scale = float(point_base_scale)
         self.transform_method = transform_method
         self.moment_mul = float(moment_mul)
+        self.norm = norm
+        self.norm_groups = int(norm_groups)
         self.point_generator = PointGenerator(self.point_strides)
         self.init_assigner = init_assigner if init_assigner is not None else PointAssigner(4.0, 1)
         self.refine_assigner = refine_assigner if refine_assigner is not None else MaxIoUAssigner(0.5, 0.4, 0.0)
@@ -330,10 +335,11 @@ class RepPointsHead(nn.Module):
         pts_out = 2 * num_points
         self.pts_init_conv = nn.Conv2d(feat_channels, point_feat_channels, 3, padding=1)
         self.pts_init_out = nn.Conv2d(point_feat_channels, pts_out, 1)
-        # the two DCNv1 kernels (feat -> point_feat, no bias), applied with torchvision's op
-        self.cls_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, feat_channels, kernel, kernel))
+        # the two DCNv1 kernels (feat (+ extra, V2) -> point_feat, no bias), applied with torchvision's op
+        dcn_in = feat_channels + self.dcn_extra_in_channels
+        self.cls_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, dcn_in, kernel, kernel))
         self.cls_out = nn.Conv2d(point_feat_channels, num_classes, 1)
-        self.pts_refine_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, feat_channels, kernel, kernel))
+        self.pts_refine_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, dcn_in, kernel, kernel))
         self.pts_refine_out = nn.Conv2d(point_feat_channels, pts_out, 1)
         if transform_method == "moment":
             self.moment_transfer = nn.Parameter(torch.zeros(2))
@@ -516,9 +522,14 @@ class RepPointsHead(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def get_bboxes(self, cls_scores: Sequence[Tensor], pts_refine: Sequence[Tensor],
-                   image_sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+                   image_sizes: Sequence[tuple[int, int]],
+                   box_refiner: Callable[[int, Tensor, Tensor], Tensor] | None = None) -> list[dict[str, Tensor]]:
         """Detections per image: ``boxes`` FloatTensor[K, 4] (input pixels, clipped),
-        ``scores`` FloatTensor[K] (decreasing), ``labels`` LongTensor[K]."""
+        ``scores`` FloatTensor[K] (decreasing), ``labels`` LongTensor[K].
+
+        ``box_refiner(level, boxes, limits)``, if given, rewrites each level's clipped boxes
+        FloatTensor[B, k, 4] before NMS (``limits`` FloatTensor[B, 4] = ``(w, h, w, h)``); RepPoints
+        V2's corner snapping."""
         device = cls_scores[0].device
         b = cls_scores[0].shape[0]
         featmap_sizes = [tuple(c.shape[-2:]) for c in cls_scores]
@@ -527,8 +538,9 @@ class RepPointsHead(nn.Module):
                                                    for s in image_sizes])]  # per level [B, HW]
         mt = self.effective_moment_transfer()
         transform = "minmax" if self.transform_method == "exact_minmax" else self.transform_method
+        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32, device=device)
         all_scores, all_boxes = [], []
-        for cls, pts, pri, valid in zip(cls_scores, pts_refine, priors_lvl, valid_lvl):
+        for level, (cls, pts, pri, valid) in enumerate(zip(cls_scores, pts_refine, priors_lvl, valid_lvl)):
             scores = cls.permute(0, 2, 3, 1).reshape(b, -1, self.num_classes).float().sigmoid()
             scores = scores * valid[..., None]
             if 0 < self.nms_pre < scores.shape[1]:
@@ -541,12 +553,13 @@ class RepPointsHead(nn.Module):
             if self.transform_method == "exact_minmax":
                 yx = yx[:, :, :2]  # decision 3: the two corner points, re-ordered by min / max
             xy = yx.flip(-1) * pri[top][..., None, 2:3] + pri[top][..., None, :2]
-            all_boxes.append(points_to_boxes(xy, transform, mt))
+            boxes = torch.minimum(points_to_boxes(xy, transform, mt).clamp(min=0), limits[:, None, :])
+            if box_refiner is not None:
+                boxes = box_refiner(level, boxes, limits)
+            all_boxes.append(boxes)
             all_scores.append(scores)
         scores = torch.cat(all_scores, dim=1)  # [B, K, C]
         boxes = torch.cat(all_boxes, dim=1)  # [B, K, 4]
-        limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=device)
-        boxes = torch.minimum(boxes.clamp(min=0), limits[:, None, :])
         img, cell, label = (scores > self.score_thr).nonzero(as_tuple=True)
         det_boxes = boxes[img, cell]
         det_scores = scores[img, cell, label]
