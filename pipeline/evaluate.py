@@ -17,11 +17,22 @@ precision-recall curves per IoU threshold (``metrics/<model>/pr_<split>_<task>.c
 ``dvc plots``, ``results/<model>/pr_<split>_<task>.png``) and an MLflow run tagged
 ``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task and the curves as
 artifacts.
+
+Models whose ``bbox_head`` has a ``corner_snapping`` switch (RepPoints V2's joint inference:
+refined boxes snapped to the predicted corners, or plain V1-style decoding) are scored on
+minival a second time with the switch flipped. Those numbers go into the same metrics file,
+``metrics/<model>/minival.json``, under ``"variants": {"corner_snapping_off": {...}}`` (``_on``
+when the model's default is off; the file's top-level ``"corner_snapping"`` is the default the
+main numbers were measured with), their detections to
+``results/<model>/minival_corner_snapping_off_bbox.json``, and into an MLflow run tagged
+``split=minival/corner_snapping_off``, ``variant=corner_snapping_off`` -- a split value of its
+own, so the lookup of the main minival run never picks it up.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +102,92 @@ def predict_split(
     return bbox, segm, (time.time() - start) / max(len(dataset), 1)
 
 
+#: Splits that models with a ``corner_snapping`` switch are also scored on with it flipped.
+VARIANT_SPLITS = ("minival",)
+
+
+def corner_snapping_variant(model: torch.nn.Module) -> tuple[str, bool] | None:
+    """``(variant name, switch value)`` for the evaluation besides the default, or None.
+
+    RepPoints V2 heads carry a bool ``corner_snapping`` (joint inference). The variant is the
+    opposite of the model's default, named by the value it uses: ``corner_snapping_off`` for
+    the usual default (on), ``corner_snapping_on`` otherwise.
+    """
+    head = getattr(model, "bbox_head", None)
+    if head is None or not hasattr(head, "corner_snapping"):
+        return None
+    value = not bool(head.corner_snapping)
+    return f"corner_snapping_{'on' if value else 'off'}", value
+
+
+def variant_split(split_name: str, variant: str) -> str:
+    """The MLflow ``split`` tag of a variant's run, e.g. ``minival/corner_snapping_off``."""
+    return f"{split_name}/{variant}"
+
+
+@contextmanager
+def attribute_set(obj: Any, name: str, value: Any):
+    """Set ``obj.name = value`` for the duration of the block, then restore it."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def score_records(gt, records: dict[str, list[dict[str, Any]]], image_ids: list[int] | None) -> dict[str, tuple]:
+    """COCOeval per task: ``{iou_type: (stats, COCOeval or None, summary text)}``.
+
+    ``bbox`` is always scored (no detections score 0); ``segm`` only where there are masks.
+    """
+    out = {}
+    for iou_type in ("bbox", "segm"):
+        if iou_type == "segm" and not records.get("segm"):
+            continue
+        out[iou_type] = coco_evaluate(gt, records.get(iou_type, []), iou_type, image_ids)
+    return out
+
+
+def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any], cfg: dict[str, Any],
+                     state: dict[str, Any], metrics: dict[str, Any], sec_per_img: float, artifacts: list[Path],
+                     track: bool = True) -> None:
+    """One MLflow evaluate run: params, the COCO numbers as ``<task>_<stat>``, the artifacts."""
+    with Tracker(run_name, tags, enabled=track) as tracker:
+        tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
+        flat = {}
+        for iou_type in ("bbox", "segm"):
+            for k, v in metrics.get(iou_type, {}).items():
+                flat[f"{iou_type}_{k}"] = v
+        flat["num_detections"] = metrics["num_detections"]
+        flat["seconds_per_image"] = sec_per_img
+        tracker.log_metrics(flat, step=int(state.get("iteration") or 0))
+        tracker.flush()
+        for f in artifacts:
+            tracker.log_artifact(f)
+
+
+def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset, cat_ids: list[int],
+                     device: torch.device, gt, image_ids: list[int] | None, results_dir: Path, label: str,
+                     split_name: str, predict_kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """Predict and score ``dataset`` once more with ``bbox_head.corner_snapping`` set to the
+    variant's value (restored afterwards); write its detections to
+    ``results/<model>/<split>_<variant>_<task>.json``. Returns (its metrics, seconds per image)."""
+    name, value = variant
+    with attribute_set(model.bbox_head, "corner_snapping", value):
+        bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{label} {name}",
+                                                **predict_kwargs)
+    write_results(bbox, results_dir / f"{split_name}_{name}_bbox.json")
+    if segm:
+        write_results(segm, results_dir / f"{split_name}_{name}_segm.json")
+    metrics: dict[str, Any] = {"corner_snapping": value, "num_detections": len(bbox),
+                               "seconds_per_image": round(sec_per_img, 4)}
+    for iou_type, (stats, _, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
+        metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
+        print(f"[evaluate] {label} {iou_type}, {name}:\n{text}", flush=True)
+    return metrics, sec_per_img
+
+
 def evaluate_model(
     model_name: str,
     params: dict[str, Any],
@@ -111,6 +208,7 @@ def evaluate_model(
     max_dets = int(ev_cfg.get("max_dets", 100))
     results_dir = Path(results_root) / model_name
     results_dir.mkdir(parents=True, exist_ok=True)
+    variant = corner_snapping_variant(model)
     all_metrics: dict[str, dict[str, Any]] = {}
     for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
         split = manifest.split(split_name)
@@ -120,14 +218,14 @@ def evaluate_model(
                 f"{split.ann_file}: categories {list(dataset.cat_ids)} differ from the ones the model "
                 f"was trained on {list(cat_ids)}"
             )
-        bbox, segm, sec_per_img = predict_split(
-            model, dataset, cat_ids, device,
+        predict_kwargs = dict(
             batch_size=int(ev_cfg.get("batch_size", 8)),
             size_divisor=int(cfg["data"].get("size_divisor", 32)),
             max_dets=max_dets,
             num_workers=int((params.get("train") or {}).get("num_workers", 0)),
-            desc=f"{model_name} {split_name}",
         )
+        bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{model_name} {split_name}",
+                                                **predict_kwargs)
         files = write_results(bbox, results_dir / f"{split_name}_bbox.json")
         if segm:
             files += write_results(segm, results_dir / f"{split_name}_segm.json")
@@ -145,16 +243,13 @@ def evaluate_model(
             "device": str(device),
             "scored": bool(split.has_annotations),
         }
-        summaries = {}
+        variant_metrics: dict[str, Any] | None = None
+        v_sec = 0.0
         if split.has_annotations:
             gt = load_coco_quietly(split.ann_file)
             image_ids = [int(i) for i in dataset.ids] if hasattr(dataset, "ids") else None
-            for iou_type, records in (("bbox", bbox), ("segm", segm)):
-                if iou_type == "segm" and not segm:
-                    continue
-                stats, ev, text = coco_evaluate(gt, records, iou_type, image_ids)
+            for iou_type, (stats, ev, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
                 metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
-                summaries[iou_type] = text
                 print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
                 if ev is not None:
                     curves = pr_curves(ev)
@@ -164,6 +259,13 @@ def evaluate_model(
                     plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
                                                      f"{dataset_description(manifest, split_name, len(dataset))}")
                     files += [csv_path, png_path]
+            if variant is not None and split_name in VARIANT_SPLITS:
+                variant_metrics, v_sec = evaluate_variant(
+                    model, variant, dataset, cat_ids, device, gt, image_ids,
+                    results_dir, f"{model_name} {split_name}", split_name, predict_kwargs,
+                )
+                metrics["corner_snapping"] = not variant[1]
+                metrics["variants"] = {variant[0]: variant_metrics}
         else:
             metrics["reason"] = "no annotations for this split (real COCO test-dev): submit the zip to the COCO server"
         out = Path(metrics_root) / model_name / f"{split_name}.json"
@@ -179,20 +281,17 @@ def evaluate_model(
             "dataset": metrics["dataset"],
             "scored": str(metrics["scored"]).lower(),
         }
-        with Tracker(f"evaluate/{model_name}/{split_name}", tags, enabled=track) as tracker:
-            tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
-            flat = {}
-            for iou_type in ("bbox", "segm"):
-                for k, v in metrics.get(iou_type, {}).items():
-                    flat[f"{iou_type}_{k}"] = v
-            flat["num_detections"] = len(bbox)
-            flat["seconds_per_image"] = sec_per_img
-            tracker.log_metrics(flat, step=int(state.get("iteration") or 0))
-            tracker.flush()
-            tracker.log_artifact(out)
-            for f in files:
-                if f.suffix in (".zip", ".png", ".csv"):
-                    tracker.log_artifact(f)
+        if variant is not None:
+            tags["corner_snapping"] = str(not variant[1]).lower()
+        artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]
+        log_evaluate_run(f"evaluate/{model_name}/{split_name}", tags, ev_cfg, cfg, state, metrics, sec_per_img,
+                         artifacts, track)
+        if variant_metrics is not None:
+            variant_name, value = variant
+            v_split = variant_split(split_name, variant_name)
+            log_evaluate_run(f"evaluate/{model_name}/{v_split}",
+                             {**tags, "split": v_split, "variant": variant_name, "corner_snapping": str(value).lower()},
+                             ev_cfg, cfg, state, variant_metrics, v_sec, [out], track)
     return all_metrics
 
 

@@ -17,16 +17,35 @@ PUBLISHED: dict[str, dict] = {
     "d2det_r101_fpn_dcn": {"source": "D2Det README, 24 epochs", "minival": 46.9, "test-dev": 47.5},
     "d2det_r101_fpn_mask": {"source": "D2Det README (box AP not published; mask AP 39.8 val / 40.2 test-dev)",
                             "minival": None, "test-dev": None},
+    "reppoints_v1_r50_fpn_giou_1x": {"source": "RepPointsV2 README, improved RepPoints V1, 12 epochs",
+                                     "minival": 39.9, "test-dev": None},
+    "reppoints_v2_r50_fpn_giou_1x": {"source": "RepPointsV2 README, 12 epochs", "minival": 41.1, "test-dev": 41.3},
 }
+
+#: The seed's footnotes under both RepPoints tables (``shared/seeds/002_1d8b0762e8302be9.md``).
+REPPOINTS_SEED_NOTES: list[str] = [
+    "GIoU: GIoU loss instead of smooth-L1 for the regression branch",
+    "X-101: ResNeXt-101-64x4d; dcnv2: deformable convolutional networks v2",
+    "1x / 2x: 12 / 24 epochs; multi-scale training draws the shorter image side from [480, 960]",
+    "c128: 128 (instead of 256) channels in the head's towers",
+    "MNV2: MobileNetV2, trained with SyncBN and the GIoU loss by default",
+]
 
 #: The papers' own result tables (from ``shared/seeds/``), regenerated with our numbers beside
 #: the published ones. Each row names the preset whose runs fill "ours" and the COCO task
-#: (``bbox`` or ``segm``) its AP is read from; the published values are copied from the seed
-#: as printed (``None`` where it prints ``xx.x``).
+#: (``bbox`` or ``segm``) its AP is read from; the published values (``validation`` = minival,
+#: ``test-dev``) are copied from the seed as printed (``None`` where it prints ``xx.x`` or ``---``).
+#:
+#: A table's own descriptive columns are listed in ``columns``; each row holds its cell under
+#: the column's heading (e.g. ``"type"``). ``name_heading`` (default ``"name"``) heads the row
+#: names and ``split_headings`` (default ``["validation", "test-dev"]``) name the two AP
+#: columns, each shown once as "Ours: ..." and once as "Paper: ...". ``notes`` are the seed's
+#: footnotes kept under the table; a row's ``note`` is numbered beside its name.
 PAPER_TABLES: list[dict] = [
     {
         "title": "D2Det",
         "source": "official D2Det README (JialeCao001/D2Det), the seed table",
+        "columns": ["type"],
         "rows": [
             {"name": "D2Det-res50", "type": "object detection", "preset": "d2det_r50_fpn", "task": "bbox",
              "validation": None, "test-dev": 33.9,
@@ -39,5 +58,62 @@ PAPER_TABLES: list[dict] = [
              "validation": None, "test-dev": 40.2,
              "note": "mask AP; the seed prints xx.x for validation (specs/d2det.md §7.1: 39.8)"},
         ],
+    },
+    {  # the seed's ResNe(X)ts rows, then its MobileNets rows
+        "title": "RepPoints V2",
+        "source": "official RepPointsV2 README (Scalsol/RepPointsV2), the seed table",
+        "name_heading": "Model",
+        "columns": ["Multi-scale training"],
+        "split_headings": ["AP (minival)", "AP (test-dev)"],
+        "rows": [
+            {"name": "RepPoints_V2_R_50_FPN_1x", "Multi-scale training": "No",
+             "preset": "reppoints_v2_r50_fpn_1x", "task": "bbox", "validation": 40.9, "test-dev": None},
+            {"name": "RepPoints_V2_R_50_FPN_GIoU_1x", "Multi-scale training": "No",
+             "preset": "reppoints_v2_r50_fpn_giou_1x", "task": "bbox", "validation": 41.1, "test-dev": 41.3},
+            {"name": "RepPoints_V2_R_50_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_r50_fpn_giou_mstrain_2x", "task": "bbox", "validation": 43.9, "test-dev": 44.4},
+            {"name": "RepPoints_V2_R_101_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_r101_fpn_giou_mstrain_2x", "task": "bbox", "validation": 45.8, "test-dev": 46.0,
+             "note": "the seed prints the test-dev AP as 46"},
+            {"name": "RepPoints_V2_R_101_FPN_dcnv2_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_r101_fpn_dcn_giou_mstrain_2x", "task": "bbox", "validation": 47.7, "test-dev": 48.1},
+            {"name": "RepPoints_V2_X_101_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_x101_fpn_giou_mstrain_2x", "task": "bbox", "validation": 47.3, "test-dev": 47.8},
+            {"name": "RepPoints_V2_X_101_FPN_dcnv2_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_x101_fpn_dcn_giou_mstrain_2x", "task": "bbox", "validation": 49.3, "test-dev": 49.4},
+            {"name": "RepPoints_V2_MNV2_c128_FPN_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_mnv2_c128_fpn_giou_mstrain_2x", "task": "bbox", "validation": 36.8, "test-dev": None},
+            {"name": "RepPoints_V2_MNV2_FPN_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v2_mnv2_fpn_giou_mstrain_2x", "task": "bbox", "validation": 39.4, "test-dev": None},
+        ],
+        "notes": REPPOINTS_SEED_NOTES,
+    },
+    {  # the RPv2 repo's improved V1; ResNe(X)ts, then MobileNets
+        "title": "RepPoints V1",
+        "source": "official RepPointsV2 README (Scalsol/RepPointsV2), the seed table",
+        "name_heading": "Model",
+        "columns": ["Multi-scale training"],
+        "split_headings": ["AP (minival)", "AP (test-dev)"],
+        "rows": [
+            {"name": "RepPoints_V1_R_50_FPN_1x", "Multi-scale training": "No",
+             "preset": "reppoints_v1_r50_fpn_1x", "task": "bbox", "validation": 38.8, "test-dev": None},
+            {"name": "RepPoints_V1_R_50_FPN_GIoU_1x", "Multi-scale training": "No",
+             "preset": "reppoints_v1_r50_fpn_giou_1x", "task": "bbox", "validation": 39.9, "test-dev": None},
+            {"name": "RepPoints_V1_R_50_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_r50_fpn_giou_mstrain_2x", "task": "bbox", "validation": 42.7, "test-dev": None},
+            {"name": "RepPoints_V1_R_101_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_r101_fpn_giou_mstrain_2x", "task": "bbox", "validation": 44.4, "test-dev": None},
+            {"name": "RepPoints_V1_R_101_FPN_dcnv2_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_r101_fpn_dcn_giou_mstrain_2x", "task": "bbox", "validation": 46.6, "test-dev": None},
+            {"name": "RepPoints_V1_X_101_FPN_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_x101_fpn_giou_mstrain_2x", "task": "bbox", "validation": 46.3, "test-dev": None},
+            {"name": "RepPoints_V1_X_101_FPN_dcnv2_GIoU_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_x101_fpn_dcn_giou_mstrain_2x", "task": "bbox", "validation": 48.3, "test-dev": None},
+            {"name": "RepPoints_V1_MNV2_c128_FPN_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_mnv2_c128_fpn_giou_mstrain_2x", "task": "bbox", "validation": 35.7, "test-dev": None},
+            {"name": "RepPoints_V1_MNV2_FPN_2x", "Multi-scale training": "Yes",
+             "preset": "reppoints_v1_mnv2_fpn_giou_mstrain_2x", "task": "bbox", "validation": 37.8, "test-dev": None},
+        ],
+        "notes": REPPOINTS_SEED_NOTES,
     },
 ]

@@ -7,6 +7,9 @@ split, cross-checks its numbers against the DVC metrics file ``metrics/<model>/<
 (the stage depends on those files; a mismatch means the store and the workspace disagree
 and the stage fails, naming both), then writes ``reports/results.md`` and rewrites the
 README's results table between ``<!-- results:begin -->`` and ``<!-- results:end -->``.
+Models evaluated with RepPoints V2's corner snapping flipped as well (the metrics file's
+``"variants"``, an MLflow run with ``split=minival/corner_snapping_off``) get a table of
+their own, checked the same way; it is left out when no model has that variant.
 
 Figures go to ``reports/figures/``: per model the minival precision-recall curves, the
 training curves and a grid of minival predictions drawn over the images with the ground
@@ -24,6 +27,7 @@ from typing import Any
 
 from pipeline.checkpoint import atomic_write_text
 from pipeline.config import load_params
+from pipeline.evaluate import variant_split
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
@@ -46,8 +50,49 @@ def fmt(v: float | None) -> str:
     return f"{100 * v:.1f}"
 
 
+def checked_stats(run, file_metrics: dict[str, Any], path: Path, model_name: str, split: str,
+                  where: str = "") -> dict[str, dict[str, float]]:
+    """The run's COCO numbers for each task in ``file_metrics`` (``bbox``/``segm``), each checked
+    against the metrics file ``path`` (``where``: the key path inside it, e.g.
+    ``variants.corner_snapping_off.``); a difference beyond :data:`TOLERANCE` raises :class:`ReportError`."""
+    out = {}
+    for iou_type in ("bbox", "segm"):
+        if iou_type not in file_metrics:
+            continue
+        ours = {}
+        for name in STAT_NAMES:
+            key = f"{iou_type}_{name}"
+            if key not in run.data.metrics:
+                raise ReportError(f"MLflow run {run.info.run_id} ({model_name}/{split}) lacks metric {key}")
+            mv = run.data.metrics[key]
+            fv = file_metrics[iou_type][name]
+            if abs(mv - fv) > TOLERANCE:
+                raise ReportError(
+                    f"{path}: {where}{iou_type} {name} = {fv}, but the newest MLflow run {run.info.run_id} "
+                    f"says {mv}; the store and the workspace disagree (re-run evaluate@{model_name})"
+                )
+            ours[name] = mv
+        out[iou_type] = ours
+    return out
+
+
+def newest_run_or_fail(c, model_name: str, split: str):
+    run = newest_finished_run(c, model_name, "evaluate", split)
+    if run is None:
+        raise ReportError(
+            f"no FINISHED MLflow evaluate run for model {model_name!r}, split {split!r} in "
+            f"{c.tracking_uri}; re-run `dvc repro -f evaluate@{model_name}`"
+        )
+    return run
+
+
 def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[dict[str, Any]]:
-    """One record per (model, split): the MLflow numbers, checked against the metrics file."""
+    """One record per (model, split): the MLflow numbers, checked against the metrics file.
+
+    A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, under
+    ``"variants"`` in the metrics file) gets ``record["variants"][name]`` with the variant
+    run's numbers, checked the same way, and its ``corner_snapping`` value.
+    """
     c = client()
     rows = []
     splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
@@ -57,12 +102,7 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
             if not path.exists():
                 raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
             file_metrics = json.loads(path.read_text())
-            run = newest_finished_run(c, model_name, "evaluate", split)
-            if run is None:
-                raise ReportError(
-                    f"no FINISHED MLflow evaluate run for model {model_name!r}, split {split!r} in "
-                    f"{c.tracking_uri}; re-run `dvc repro -f evaluate@{model_name}`"
-                )
+            run = newest_run_or_fail(c, model_name, split)
             record = {
                 "model": model_name,
                 "preset": entry.get("preset"),
@@ -72,23 +112,15 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
                 "scored": file_metrics.get("scored", False),
                 "run_id": run.info.run_id,
             }
-            for iou_type in ("bbox", "segm"):
-                if iou_type not in file_metrics:
-                    continue
-                ours = {}
-                for name in STAT_NAMES:
-                    key = f"{iou_type}_{name}"
-                    if key not in run.data.metrics:
-                        raise ReportError(f"MLflow run {run.info.run_id} ({model_name}/{split}) lacks metric {key}")
-                    mv = run.data.metrics[key]
-                    fv = file_metrics[iou_type][name]
-                    if abs(mv - fv) > TOLERANCE:
-                        raise ReportError(
-                            f"{path}: {iou_type} {name} = {fv}, but the newest MLflow run {run.info.run_id} "
-                            f"says {mv}; the store and the workspace disagree (re-run evaluate@{model_name})"
-                        )
-                    ours[name] = mv
-                record[iou_type] = ours
+            record.update(checked_stats(run, file_metrics, path, model_name, split))
+            for name, v_metrics in (file_metrics.get("variants") or {}).items():
+                v_split = variant_split(split, name)
+                v_run = newest_run_or_fail(c, model_name, v_split)
+                variant = {"run_id": v_run.info.run_id, "corner_snapping": v_metrics.get("corner_snapping")}
+                variant.update(checked_stats(v_run, v_metrics, path, model_name, v_split, where=f"variants.{name}."))
+                record.setdefault("variants", {})[name] = variant
+            if "corner_snapping" in file_metrics:
+                record["corner_snapping"] = file_metrics["corner_snapping"]
             rows.append(record)
     return rows
 
@@ -145,15 +177,21 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     A paper row gets one line per model of ours trained from its preset (at whatever scale),
     or one line saying it was not run. Our columns hold only our measurements; the task's AP
     (box or mask) is read on minival ("validation") and on test-dev where it was scored.
+    The spec's ``columns`` (e.g. ``["type"]``) are the paper's descriptive columns, copied from
+    each row; ``name_heading`` and ``split_headings`` name the row-name and the AP columns.
     """
     by_model: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_model.setdefault(r["model"], {})[r["split"]] = r
+    columns = list(spec.get("columns", []))
+    val_heading, test_heading = spec.get("split_headings", ["validation", "test-dev"])
+    headings = [spec.get("name_heading", "name"), *columns, f"Ours: {val_heading}", f"Ours: {test_heading}",
+                "Our model (scale)", "Measured on", f"Paper: {val_heading}", f"Paper: {test_heading}"]
     lines = [
         f"**{spec['title']}** (published: {spec['source']})",
         "",
-        "| name | type | Ours: validation | Ours: test-dev | Our model (scale) | Measured on | Paper: validation | Paper: test-dev |",
-        "|---|---|:-:|:-:|---|---|:-:|:-:|",
+        "| " + " | ".join(headings) + " |",
+        "|---|" + "---|" * len(columns) + ":-:|:-:|---|---|:-:|:-:|",
     ]
     notes = []
     for row in spec["rows"]:
@@ -163,10 +201,11 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         if row.get("note"):
             notes.append(row["note"])
             name += f" [{len(notes)}]"
+        described = "".join(f" {row.get(col, '–')} |" for col in columns)
         ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
                 == row["preset"]]
         if not ours:
-            lines.append(f"| {name} | {row['type']} | not run | not run | – | – | {pub_v} | {pub_t} |")
+            lines.append(f"| {name} |{described} not run | not run | – | – | {pub_v} | {pub_t} |")
             continue
         for model, splits in ours:
             mv, td = splits.get("minival", {}), splits.get("test-dev", {})
@@ -175,17 +214,51 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             v = fmt(mv.get(task, {}).get("AP")) if mv else "–"
             t = (fmt(td.get(task, {}).get("AP")) if td.get("scored") else "not scored") if td else "–"
             measured = "; ".join(r["dataset"] for r in (mv, td) if r)
-            lines.append(f"| {name} | {row['type']} | {v} | {t} | {model} ({any_row.get('scale')}) | {measured} "
+            lines.append(f"| {name} |{described} {v} | {t} | {model} ({any_row.get('scale')}) | {measured} "
                          f"| {pub_v} | {pub_t} |")
     for i, note in enumerate(notes, 1):
         lines.append("")
         lines.append(f"[{i}] {note}.")
+    if spec.get("notes"):
+        lines.append("")
+        lines.append("The README's notes:")
+        lines.extend(f"- {note}." for note in spec["notes"])
     return "\n".join(lines)
 
 
 def paper_tables(rows: list[dict[str, Any]]) -> str:
     """Every paper table of :data:`PAPER_TABLES`, separated by blank lines."""
     return "\n\n".join(paper_table(spec, rows) for spec in PAPER_TABLES)
+
+
+SNAPPING_TITLE = "RepPoints V2 joint inference (corner snapping)"
+
+
+def corner_snapping_table(rows: list[dict[str, Any]]) -> str:
+    """Our minival box AP of each model evaluated with its head's corner snapping on and off
+    (the same weights, two decodings; see :mod:`pipeline.evaluate`), or ``""`` when no model
+    has that variant. The difference is on - off, from the unrounded APs."""
+    lines = [
+        "The same trained weights decoded twice: RepPoints V2's corner snapping (joint inference) on and off.",
+        "",
+        "| Our model (scale) | Ours: minival box AP, snapping on | Ours: minival box AP, snapping off "
+        "| Difference (on - off) | Measured on |",
+        "|---|:-:|:-:|:-:|---|",
+    ]
+    found = False
+    for r in rows:
+        if r["split"] != "minival":
+            continue
+        for name, variant in (r.get("variants") or {}).items():
+            if not name.startswith("corner_snapping_") or variant.get("corner_snapping") is None:
+                continue
+            found = True
+            main_ap = r.get("bbox", {}).get("AP")
+            variant_ap = variant.get("bbox", {}).get("AP")
+            on, off = (variant_ap, main_ap) if variant["corner_snapping"] else (main_ap, variant_ap)
+            diff = "–" if on is None or off is None or on < 0 or off < 0 else f"{100 * (on - off):+.1f}"
+            lines.append(f"| {r['model']} ({r.get('scale')}) | {fmt(on)} | {fmt(off)} | {diff} | {r['dataset']} |")
+    return "\n".join(lines) if found else ""
 
 
 NOTE = (
@@ -261,6 +334,7 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
                  manifest_file: Path | None = MANIFEST_FILE) -> str:
     rows = collect(params, metrics_root)
     table = results_table(rows)
+    snapping = corner_snapping_table(rows)
     reports_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(params, reports_dir, metrics_root, checkpoint_root, manifest_file)
     md = "\n\n".join([
@@ -271,6 +345,7 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
         table,
         "## The papers' tables",
         paper_tables(rows),
+        *([f"## {SNAPPING_TITLE}", snapping] if snapping else []),
         "## All COCO numbers",
         full_table(rows),
         "## Figures",
@@ -281,6 +356,8 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
     first = {name: {k: v for k, v in figs.items() if k in ("pr", "predictions")}
              for name, figs in list(figures.items())[:1]}
     body = f"{NOTE}\n\n{table}\n\n{paper_tables(rows)}"
+    if snapping:
+        body += f"\n\n**{SNAPPING_TITLE}**\n\n{snapping}"
     if any(first.values()):
         body += "\n\n" + figures_markdown(first, readme.parent)
     atomic_write_text(readme, replace_between_markers(readme.read_text(), body, readme))
