@@ -303,7 +303,8 @@ def _reppoints(version: int, arch: str = "r50", dcn: bool = False, giou: bool = 
                 "schedule": {"epochs": epochs, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.01, "momentum": 0.9,
                              "weight_decay": 1e-4, "warmup_iters": 500,
                              "warmup_ratio": 1.0 / 3 if original else 0.001,
-                             "lr_steps": [8, 11] if epochs == 12 else [16, 22], "gamma": 0.1, "grad_clip": 35.0},
+                             "lr_steps": [8, 11] if epochs == 12 else [16, 22], "gamma": 0.1, "grad_clip": 35.0,
+                             "sync_bn": arch == "mnv2"},
             },
             "cpu": {
                 "model": {

@@ -110,6 +110,17 @@ class TrainResult:
         }
 
 
+def convert_sync_batchnorm(model: torch.nn.Module, sync_bn: bool, distributed: bool) -> torch.nn.Module:
+    """With ``sync_bn`` and more than one process, replace every ``BatchNorm*d`` by a
+    ``SyncBatchNorm`` (statistics over the whole multi-GPU batch: the RepPoints MobileNetV2
+    presets' "SyncBN"); otherwise return ``model`` unchanged (one process: plain BatchNorm is
+    the same thing). Frozen BN (``FrozenBatchNorm2d``) and BN kept in eval mode (``norm_eval``)
+    are unaffected in effect."""
+    if sync_bn and distributed:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 class Trainer:
     """Trains one detector on one dataset.
 
@@ -121,7 +132,8 @@ class Trainer:
             (batches per rank per epoch).
         collate_fn: turns a list of samples into ``(images, image_sizes, targets)``.
         schedule: preset ``schedule`` section (lr, momentum, weight_decay, warmup_iters,
-            warmup_ratio, lr_steps (epochs), gamma, grad_clip, epochs).
+            warmup_ratio, lr_steps (epochs), gamma, grad_clip, epochs, and ``sync_bn``: under
+            DDP, every BatchNorm becomes a SyncBatchNorm, see :func:`convert_sync_batchnorm`).
         checkpoints: where epoch checkpoints go.
         fingerprint: hash of everything that defines the run; resume only when equal.
         device: torch device of this rank.
@@ -153,7 +165,7 @@ class Trainer:
     ) -> None:
         self.device = device
         self.dist = dist_info
-        self.model = model.to(device)
+        self.model = convert_sync_batchnorm(model, bool(schedule.get("sync_bn")), dist_info.distributed).to(device)
         if dist_info.distributed:
             self.ddp_model: torch.nn.Module = DistributedDataParallel(
                 self.model,

@@ -62,3 +62,14 @@ def test_latest_pointing_at_a_missing_file_is_an_error(tmp_path):
 def test_fingerprint_is_order_independent():
     assert config_fingerprint({"a": 1, "b": [1, 2]}) == config_fingerprint({"b": [1, 2], "a": 1})
     assert config_fingerprint({"a": 1}) != config_fingerprint({"a": 2})
+
+
+def test_sync_batchnorm_conversion_only_with_sync_bn_under_ddp():
+    from pipeline.engine import convert_sync_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert convert_sync_batchnorm(model, sync_bn=True, distributed=False) is model  # one process
+    assert convert_sync_batchnorm(model, sync_bn=False, distributed=True) is model
+    converted = convert_sync_batchnorm(model, sync_bn=True, distributed=True)
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm)
+    torch.testing.assert_close(converted[0].weight, model[0].weight)

@@ -359,6 +359,7 @@ def test_table_presets_follow_the_readme_rows(row):
         backbone = paper["model"]["backbone"]
         channels = 128 if "c128" in row else 256
         assert paper["model"]["neck"]["out_channels"] == channels and head["feat_channels"] == channels
+        assert sched["sync_bn"] == row.startswith("mnv2")  # README note 7: SyncBN for MobileNetV2
         if row.startswith("mnv2"):
             assert backbone["type"] == "mobilenet_v2" and backbone["frozen_stages"] == -1
             assert not backbone["norm_eval"]
