@@ -36,6 +36,18 @@ D2Det (``detector: d2det``) replaces ``roi_head`` by::
       train: D2DetRoIHead training kwargs (max_num_reg, jitter_amplitude, loss weights, ...)
       test: D2DetRoIHead test kwargs (score_thr, nms_iou, max_per_img, soft_nms_*, ...)
 
+Grid R-CNN (``detector: grid_rcnn``) replaces ``roi_head`` by::
+
+    roi_head:
+      bbox_roi_extractor: SingleRoIExtractor kwargs (7x7)
+      bbox_head: Shared2FCBBoxHead kwargs (with_reg false)
+      grid_roi_extractor: SingleRoIExtractor kwargs (14x14)
+      grid_head: GridHead kwargs (without in_channels, roi_feat_size = the grid
+        extractor's output_size)
+      assigner, sampler: as above
+      train: GridRoIHead training kwargs (max_num_grid, grid_cap_scope, jitter_amplitude)
+      test: {score_thr, nms_iou, max_per_img}
+
 RepPoints (``detector: reppoints``, a single-stage detector) has no ``rpn_head`` /
 ``roi_head``; instead::
 
@@ -60,6 +72,7 @@ from models.dense_heads.rpn_head import ProposalConfig, RPNHead
 from models.dense_heads.reppoints_head import RepPointsHead
 from models.dense_heads.reppoints_v2_head import RepPointsV2Head
 from models.detectors.d2det import D2Det
+from models.detectors.grid_rcnn import GridRCNN
 from models.detectors.single_stage import RepPointsDetector
 from models.detectors.two_stage import FasterRCNN
 from models.necks.fpn import FPN
@@ -68,6 +81,8 @@ from models.roi_heads.d2det_head import DenseLocalRegressionHead
 from models.roi_heads.d2det_instance_head import D2DetInstanceBranch
 from models.roi_heads.d2det_roi_head import D2DetRoIHead
 from models.roi_heads.drp_extractor import DiscriminativeRoIExtractor
+from models.roi_heads.grid_head import GridHead
+from models.roi_heads.grid_roi_head import GridRoIHead
 from models.roi_heads.roi_extractor import SingleRoIExtractor
 from models.roi_heads.standard_roi_head import StandardRoIHead
 from models.task_modules.anchor_generator import AnchorGenerator
@@ -77,7 +92,7 @@ from models.task_modules.box_coder import DeltaXYWHBBoxCoder
 from models.task_modules.point_assigner import PointAssigner
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn", "d2det", "reppoints", "reppoints_v2")
+DETECTORS = ("faster_rcnn", "d2det", "grid_rcnn", "reppoints", "reppoints_v2")
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -184,6 +199,34 @@ def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int
     )
 
 
+def build_grid_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> GridRoIHead:
+    w = "roi_head."
+    extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
+    bbox_head = _make(
+        Shared2FCBBoxHead,
+        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.output_size,
+         "num_classes": num_classes},
+        w + "bbox_head",
+    )
+    grid_extractor = _make(SingleRoIExtractor, _section(cfg, "grid_roi_extractor", w), w + "grid_roi_extractor")
+    grid_head = _make(GridHead, {**_section(cfg, "grid_head", w), "in_channels": in_channels,
+                                 "roi_feat_size": grid_extractor.output_size}, w + "grid_head")
+    return _make(
+        GridRoIHead,
+        {
+            "bbox_roi_extractor": extractor,
+            "bbox_head": bbox_head,
+            "grid_roi_extractor": grid_extractor,
+            "grid_head": grid_head,
+            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_section(cfg, "train", w),
+            **_section(cfg, "test", w),
+        },
+        "roi_head",
+    )
+
+
 REFINE_ASSIGNERS = {"max_iou": MaxIoUAssigner, "atss": ATSSAssigner}
 
 
@@ -231,4 +274,6 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
     roi_cfg = _section(model_cfg, "roi_head", "")
     if detector == "d2det":
         return D2Det(backbone, neck, rpn_head, build_d2det_roi_head(roi_cfg, neck.out_channels, num_classes))
+    if detector == "grid_rcnn":
+        return GridRCNN(backbone, neck, rpn_head, build_grid_roi_head(roi_cfg, neck.out_channels, num_classes))
     return FasterRCNN(backbone, neck, rpn_head, build_standard_roi_head(roi_cfg, neck.out_channels, num_classes))

@@ -10,7 +10,8 @@ Training, per batch (boxes in input pixels):
    their size and clipped (:func:`~models.roi_heads.d2det_head.random_jitter`); the jittered
    boxes replace the positives for the DLR branch only;
 4. at most ``max_num_reg`` (192) positives of the whole batch, chosen by a random
-   permutation, are pooled with RoIAlign 14x14 and go through the DLR head:
+   permutation (steps 3-4: :func:`~models.roi_heads.regression_sampling.select_positive_rois`,
+   shared with Grid R-CNN), are pooled with RoIAlign 14x14 and go through the DLR head:
    ``loss_reg`` (softened IoU loss, x2.0, v1 weighting) and ``loss_overlap`` (the binary
    overlap BCE, x1.0; ``loss_mask`` in the official code);
 5. instance variant: the same RoIs also give ``loss_instance`` (28x28 per-class mask BCE)
@@ -54,11 +55,12 @@ from torch import Tensor
 from cuda_ops.soft_nms import batched_soft_nms
 from models.losses.iou_loss import IoUWeighting
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
-from models.roi_heads.d2det_head import DenseLocalRegressionHead, clip_to_image, random_jitter
+from models.roi_heads.d2det_head import DenseLocalRegressionHead, clip_to_image
 from models.roi_heads.d2det_instance_head import (D2DetInstanceBranch, concat_gt_masks, instance_losses,
                                                   mask_area_ratios, mask_iou_targets, mask_targets,
                                                   overlap_from_masks)
 from models.roi_heads.drp_extractor import DiscriminativeRoIExtractor
+from models.roi_heads.regression_sampling import select_positive_rois
 from models.roi_heads.roi_extractor import SingleRoIExtractor, boxes_to_rois
 from models.roi_heads.standard_roi_head import StandardRoIHead
 from models.task_modules.assigners import MaxIoUAssigner
@@ -160,31 +162,15 @@ class D2DetRoIHead(StandardRoIHead):
     # ------------------------------------------------------------------ training
     def select_regression_rois(self, sampling_results: Sequence[SamplingResult],
                                image_sizes: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
-        """Jitter every image's positives and keep at most ``max_num_reg`` of the batch.
+        """Jitter every image's positives and keep at most ``max_num_reg`` of the batch
+        (:func:`~models.roi_heads.regression_sampling.select_positive_rois`, batch scope).
 
         Returns a dict of the kept RoIs: ``rois`` FloatTensor[R, 5] (image index + jittered
-        box), ``gt_boxes`` FloatTensor[R, 4], ``labels`` LongTensor[R] and ``gt_index``
-        LongTensor[R] (index of the matched gt within its image).
+        box), ``gt_boxes`` FloatTensor[R, 4], ``labels`` LongTensor[R], ``gt_index``
+        LongTensor[R] (index of the matched gt within its image) and ``is_gt`` BoolTensor[R].
         """
-        boxes, gts, labels, gt_index, images = [], [], [], [], []
-        for i, (res, (h, w)) in enumerate(zip(sampling_results, image_sizes)):
-            pos = res.pos_boxes
-            boxes.append(random_jitter(pos, (h, w), self.jitter_amplitude) if pos.numel() else pos.reshape(0, 4))
-            gts.append(res.pos_gt_boxes.reshape(-1, 4))
-            labels.append(res.pos_gt_labels.reshape(-1))
-            gt_index.append(res.pos_assigned_gt_inds.reshape(-1))
-            images.append(torch.full((pos.shape[0],), i, dtype=torch.long, device=pos.device))
-        all_boxes = torch.cat(boxes)
-        keep = torch.arange(all_boxes.shape[0], device=all_boxes.device)
-        if all_boxes.shape[0] > self.max_num_reg:
-            keep = torch.randperm(all_boxes.shape[0], device="cpu")[: self.max_num_reg].to(all_boxes.device)
-        img = torch.cat(images)[keep]
-        return {
-            "rois": torch.cat([img[:, None].to(all_boxes.dtype), all_boxes[keep]], dim=1),
-            "gt_boxes": torch.cat(gts)[keep],
-            "labels": torch.cat(labels)[keep],
-            "gt_index": torch.cat(gt_index)[keep],
-        }
+        return select_positive_rois(sampling_results, image_sizes, self.max_num_reg, "batch",
+                                    self.jitter_amplitude)
 
     def dlr_loss(self, features: Sequence[Tensor], selected: dict[str, Tensor],
                  gt_masks: Sequence[Tensor] | None = None, gt_counts: Sequence[int] | None = None) -> dict[str, Tensor]:

@@ -73,8 +73,9 @@ Decisions (the spec's open points and code quirks that concern the head):
 9. GN groups: 4G = 36 after every trunk conv and G = 9 after deconv1 (spec §2.8.10).
 10. RoI selection is not part of the head: the ≤192 jittered positives per batch (mmdet, spec
     §1.8) or ≤96 unjittered per image (CPM, spec §6.8-9) need the sampling results and belong
-    to the RoI head. D2Det's ``D2DetRoIHead.select_regression_rois`` (a method bound to that
-    head's ``max_num_reg`` / ``jitter_amplitude``, capping per batch) covers the mmdet rule.
+    to the RoI head: :class:`~models.roi_heads.grid_roi_head.GridRoIHead` selects them with
+    :func:`~models.roi_heads.regression_sampling.select_positive_rois` (shared with D2Det; cap
+    per batch or per image, jitter optional).
 """
 from __future__ import annotations
 
