@@ -48,6 +48,27 @@ Grid R-CNN (``detector: grid_rcnn``) replaces ``roi_head`` by::
       train: GridRoIHead training kwargs (max_num_grid, grid_cap_scope, jitter_amplitude)
       test: {score_thr, nms_iou, max_per_img}
 
+CPM R-CNN (``detector: cpm_rcnn``) replaces ``roi_head`` by::
+
+    roi_head:
+      with_cmm, with_ism, with_rsm: the module switches (bools; a params.yaml override
+        ``model: {roi_head: {with_ism: false}}``, or ``dvc exp run -S`` on it, flips one)
+      bbox_roi_extractor: SingleRoIExtractor kwargs (7x7; also pools the RSM's RoIs)
+      bbox_head: Shared2FCBBoxHead kwargs (with_reg false)
+      grid_roi_extractor: SingleRoIExtractor kwargs (14x14, every grid stage)
+      grid_head: GridHead kwargs shared by the stages (without in_channels, roi_feat_size,
+        mapping_ratio)
+      cascade: {stage_iou_thrs, stage_mapping_ratios, stage_loss_weights} (one entry per
+        CMM stage; with_cmm false uses the first entries only)
+      iou_head: IoUScoringHead kwargs (fc_channels, loss_weight), used when with_ism
+      rsm_head: Shared2FCBBoxHead kwargs of the RSM classifier (fc_out_channels,
+        loss_cls_weight), used when with_rsm
+      rsm_sampler: RandomSampler kwargs of the RSM's resampling
+      assigner, sampler: as above
+      train: CPMRoIHead training kwargs (max_num_grid, grid_cap_scope, jitter_amplitude)
+      test: CPMRoIHead test kwargs (score_thr, nms_iou, max_per_img, max_before_refine,
+        nms_after_refine, rsm_score_weight)
+
 RepPoints (``detector: reppoints``, a single-stage detector) has no ``rpn_head`` /
 ``roi_head``; instead::
 
@@ -71,12 +92,14 @@ from models.backbones.resnet import ResNet
 from models.dense_heads.rpn_head import ProposalConfig, RPNHead
 from models.dense_heads.reppoints_head import RepPointsHead
 from models.dense_heads.reppoints_v2_head import RepPointsV2Head
+from models.detectors.cpm_rcnn import CPMRCNN
 from models.detectors.d2det import D2Det
 from models.detectors.grid_rcnn import GridRCNN
 from models.detectors.single_stage import RepPointsDetector
 from models.detectors.two_stage import FasterRCNN
 from models.necks.fpn import FPN
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
+from models.roi_heads.cpm_roi_head import CPMRoIHead
 from models.roi_heads.d2det_head import DenseLocalRegressionHead
 from models.roi_heads.d2det_instance_head import D2DetInstanceBranch
 from models.roi_heads.d2det_roi_head import D2DetRoIHead
@@ -92,7 +115,7 @@ from models.task_modules.box_coder import DeltaXYWHBBoxCoder
 from models.task_modules.point_assigner import PointAssigner
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn", "d2det", "grid_rcnn", "reppoints", "reppoints_v2")
+DETECTORS = ("faster_rcnn", "d2det", "grid_rcnn", "cpm_rcnn", "reppoints", "reppoints_v2")
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -227,6 +250,41 @@ def build_grid_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int)
     )
 
 
+def build_cpm_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> CPMRoIHead:
+    """CPM R-CNN's RoI head from the ``roi_head`` section (module docstring); the module
+    switches ``with_cmm`` / ``with_ism`` / ``with_rsm`` are top-level keys of the section."""
+    w = "roi_head."
+    extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
+    bbox_head = _make(
+        Shared2FCBBoxHead,
+        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.output_size,
+         "num_classes": num_classes},
+        w + "bbox_head",
+    )
+    flags = {key: cfg[key] for key in ("with_cmm", "with_ism", "with_rsm") if key in cfg}
+    return _make(
+        CPMRoIHead,
+        {
+            "bbox_roi_extractor": extractor,
+            "bbox_head": bbox_head,
+            "grid_roi_extractor": _make(SingleRoIExtractor, _section(cfg, "grid_roi_extractor", w),
+                                        w + "grid_roi_extractor"),
+            "grid_head": _section(cfg, "grid_head", w),
+            "in_channels": in_channels,
+            **flags,
+            **_section(cfg, "cascade", w),
+            "iou_head": dict(cfg.get("iou_head") or {}),
+            "rsm_head": dict(cfg.get("rsm_head") or {}),
+            "rsm_sampler": _make(RandomSampler, _section(cfg, "rsm_sampler", w), w + "rsm_sampler"),
+            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_section(cfg, "train", w),
+            **_section(cfg, "test", w),
+        },
+        "roi_head",
+    )
+
+
 REFINE_ASSIGNERS = {"max_iou": MaxIoUAssigner, "atss": ATSSAssigner}
 
 
@@ -276,4 +334,6 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
         return D2Det(backbone, neck, rpn_head, build_d2det_roi_head(roi_cfg, neck.out_channels, num_classes))
     if detector == "grid_rcnn":
         return GridRCNN(backbone, neck, rpn_head, build_grid_roi_head(roi_cfg, neck.out_channels, num_classes))
+    if detector == "cpm_rcnn":
+        return CPMRCNN(backbone, neck, rpn_head, build_cpm_roi_head(roi_cfg, neck.out_channels, num_classes))
     return FasterRCNN(backbone, neck, rpn_head, build_standard_roi_head(roi_cfg, neck.out_channels, num_classes))
