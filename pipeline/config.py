@@ -1,6 +1,7 @@
 """Reading params.yaml and resolving a model's full configuration.
 
-A model entry in ``params.yaml`` names a preset (the paper's configuration, defined in
+A model entry in ``params.yaml`` (under ``models``, or under ``ablations`` for an ablation run)
+names a preset (the paper's configuration, defined in
 :mod:`models.presets`), a scale (``cpu`` or ``paper``) and optional overrides that are
 deep-merged on top::
 
@@ -52,29 +53,63 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[st
     return out
 
 
+#: The params.yaml sections that hold trainable runs, each entry a preset, a scale and overrides:
+#: ``models`` (the models of the results tables) and ``ablations`` (module ablations, e.g. CPM
+#: R-CNN with some of its modules switched off). A run trains, evaluates and is recorded under its
+#: name alike in either section (``checkpoints/<name>``, ``metrics/<name>``, ``results/<name>``).
+RUN_SECTIONS = ("models", "ablations")
+
+
+def run_section(params: dict[str, Any], name: str) -> str:
+    """The section of ``params`` (``models`` or ``ablations``) that holds run ``name``.
+
+    Raises :class:`ConfigError` when neither or both hold it.
+    """
+    found = [s for s in RUN_SECTIONS if name in (params.get(s) or {})]
+    if len(found) > 1:
+        raise ConfigError(f"params.yaml: {name!r} is defined under both 'models' and 'ablations'; "
+                          f"run names must be unique across the two")
+    if not found:
+        have = {s: sorted(params.get(s) or {}) for s in RUN_SECTIONS}
+        raise ConfigError(f"params.yaml: no model named {name!r} under 'models' or 'ablations' (have: {have})")
+    return found[0]
+
+
+def run_entries(params: dict[str, Any], sections: tuple[str, ...] = RUN_SECTIONS) -> dict[str, tuple[str, dict]]:
+    """``{name: (section, entry)}`` of every run in ``sections``, models first, in params order.
+
+    Raises :class:`ConfigError` for a name defined in both sections.
+    """
+    out: dict[str, tuple[str, dict]] = {}
+    for section in sections:
+        for name, entry in (params.get(section) or {}).items():
+            if name in out:
+                run_section(params, name)  # raises, naming it
+            out[name] = (section, entry or {})
+    return out
+
+
 def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The full configuration of model ``name`` (a key of ``params['models']``).
+    """The full configuration of run ``name`` (a key of ``params['models']`` or ``params['ablations']``).
 
     Returns a dict with keys ``preset``, ``scale``, ``detector``, ``model``, ``data`` and
     ``schedule``.
     """
     from models.presets import PRESETS
 
-    models = params.get("models") or {}
-    if name not in models:
-        raise ConfigError(f"params.yaml: no model named {name!r} under 'models' (have: {sorted(models)})")
-    entry = models[name] or {}
+    section = run_section(params, name)
+    entry = params[section][name] or {}
     preset_name = entry.get("preset")
     if preset_name not in PRESETS:
         raise ConfigError(
-            f"params.yaml: models.{name}.preset = {preset_name!r} is not a known preset "
+            f"params.yaml: {section}.{name}.preset = {preset_name!r} is not a known preset "
             f"(known: {sorted(PRESETS)})"
         )
     scale = entry.get("scale", "cpu")
     preset = PRESETS[preset_name]
     if scale not in preset["scales"]:
         raise ConfigError(
-            f"params.yaml: models.{name}.scale = {scale!r}; preset {preset_name} has {sorted(preset['scales'])}"
+            f"params.yaml: {section}.{name}.scale = {scale!r}; preset {preset_name} has {sorted(preset['scales'])}"
         )
     cfg = deep_merge(preset["scales"][scale], entry.get("overrides"))
     cfg["preset"] = preset_name

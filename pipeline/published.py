@@ -20,6 +20,10 @@ PUBLISHED: dict[str, dict] = {
     "reppoints_v1_r50_fpn_giou_1x": {"source": "RepPointsV2 README, improved RepPoints V1, 12 epochs",
                                      "minival": 39.9, "test-dev": None},
     "reppoints_v2_r50_fpn_giou_1x": {"source": "RepPointsV2 README, 12 epochs", "minival": 41.1, "test-dev": 41.3},
+    "grid_rcnn_r50_fpn_2x": {"source": "mmdetection README, Grid R-CNN R-50 2x (specs/cpm_rcnn.md §1.9)",
+                             "minival": 40.4, "test-dev": None},
+    "cpm_rcnn_r50_fpn": {"source": "CPM R-CNN README, R-50-FPN 2x (specs/cpm_rcnn.md §4.1)",
+                         "minival": None, "test-dev": 41.7},
 }
 
 #: The seed's footnotes under both RepPoints tables (``shared/seeds/002_1d8b0762e8302be9.md``).
@@ -117,3 +121,38 @@ PAPER_TABLES: list[dict] = [
         "notes": REPPOINTS_SEED_NOTES,
     },
 ]
+
+
+#: CPM R-CNN's README tables (``shared/seeds/003_7ddb2e20f11d4c8e.md``, specs/cpm_rcnn.md §4.1-§4.2).
+#: "On MS COCO test-dev": one row per backbone, filled with our runs of ``models`` trained from
+#: the row's preset; the published numbers in percent as printed.
+CPM_TESTDEV_TABLE: dict = {
+    "title": "CPM R-CNN on COCO test-dev",
+    "source": "official CPM R-CNN README, the seed table \"On MS COCO test-dev\"",
+    "rows": [
+        {"Backbone": "R-50-FPN", "LR": "2x", "preset": "cpm_rcnn_r50_fpn",
+         "AP": 41.7, "AP50": 59.2, "APs": 23.1, "APm": 44.0, "APl": 54.7},
+        {"Backbone": "R-101-FPN", "LR": "2x", "preset": "cpm_rcnn_r101_fpn",
+         "AP": 43.3, "AP50": 61.2, "APs": 23.9, "APm": 46.3, "APl": 56.6},
+        {"Backbone": "X-101-FPN-DCN", "LR": "2x", "preset": "cpm_rcnn_x101_fpn_dcn",
+         "AP": 46.4, "AP50": 65.3, "APs": 26.8, "APm": 49.4, "APl": 61.0},
+    ],
+}
+
+#: "Component-wise performance" (R-50-FPN, 2x, val2017): one row per combination of the three
+#: modules (CMM, ISM, RSM: ``model.roi_head.with_cmm / with_ism / with_rsm``), filled with our
+#: ``ablations`` runs of ``preset`` whose resolved configuration has exactly those switches.
+CPM_COMPONENT_TABLE: dict = {
+    "title": "CPM R-CNN component-wise performance",
+    "source": "official CPM R-CNN README, the seed table \"Component-wise performance\"",
+    "preset": "cpm_rcnn_r50_fpn",
+    "modules": ["CMM", "ISM", "RSM"],
+    "switches": ["with_cmm", "with_ism", "with_rsm"],
+    "rows": [
+        {"modules": (False, False, False), "AP": 39.9},
+        {"modules": (True, False, False), "AP": 40.7},
+        {"modules": (False, True, False), "AP": 40.5},
+        {"modules": (False, False, True), "AP": 40.6},
+        {"modules": (True, True, True), "AP": 41.3},
+    ],
+}

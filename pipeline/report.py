@@ -2,7 +2,7 @@
 
     python -m pipeline.report
 
-For every model in ``params.yaml`` it takes the newest FINISHED MLflow evaluate run per
+For every run in ``params.yaml`` (the ``models``, then the ``ablations``) it takes the newest FINISHED MLflow evaluate run per
 split, cross-checks its numbers against the DVC metrics file ``metrics/<model>/<split>.json``
 (the stage depends on those files; a mismatch means the store and the workspace disagree
 and the stage fails, naming both), then writes ``reports/results.md`` and rewrites the
@@ -10,6 +10,12 @@ README's results table between ``<!-- results:begin -->`` and ``<!-- results:end
 Models evaluated with RepPoints V2's corner snapping flipped as well (the metrics file's
 ``"variants"``, an MLflow run with ``split=minival/corner_snapping_off``) get a table of
 their own, checked the same way; it is left out when no model has that variant.
+
+The papers' tables follow the model table; CPM R-CNN's are its test-dev table (filled from
+``models`` runs of the row's preset) and its component-wise table (filled from ``ablations``
+runs of ``cpm_rcnn_r50_fpn`` by the module switches of their resolved configuration), with a
+computed line on whether our ablation orders the same way as the paper's. Ablation runs are
+left out of the main table and the papers' other tables.
 
 Figures go to ``reports/figures/``: per model the minival precision-recall curves, the
 training curves and a grid of minival predictions drawn over the images with the ground
@@ -26,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoint import atomic_write_text
-from pipeline.config import load_params
+from pipeline.config import load_params, resolve_model_config, run_entries
 from pipeline.evaluate import variant_split
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
-from pipeline.published import PAPER_TABLES, PUBLISHED
+from pipeline.published import CPM_COMPONENT_TABLE, CPM_TESTDEV_TABLE, PAPER_TABLES, PUBLISHED
 from pipeline.tracking import client, newest_finished_run
 
 BEGIN = "<!-- results:begin -->"
@@ -87,7 +93,11 @@ def newest_run_or_fail(c, model_name: str, split: str):
 
 
 def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[dict[str, Any]]:
-    """One record per (model, split): the MLflow numbers, checked against the metrics file.
+    """One record per (run, split): the MLflow numbers, checked against the metrics file.
+
+    Runs are the entries of ``models`` and of ``ablations`` (``record["section"]``); an
+    ablation's record also carries ``record["modules"]``, the CPM module switches
+    (``with_cmm``/``with_ism``/``with_rsm``) of its resolved configuration, where it has them.
 
     A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, under
     ``"variants"`` in the metrics file) gets ``record["variants"][name]`` with the variant
@@ -96,7 +106,8 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
     c = client()
     rows = []
     splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
-    for model_name, entry in (params.get("models") or {}).items():
+    for model_name, (section, entry) in run_entries(params).items():
+        modules = ablation_modules(params, model_name) if section == "ablations" else None
         for split in splits:
             path = Path(metrics_root) / model_name / f"{split}.json"
             if not path.exists():
@@ -111,7 +122,10 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
                 "dataset": run.data.tags.get("dataset", file_metrics.get("dataset")),
                 "scored": file_metrics.get("scored", False),
                 "run_id": run.info.run_id,
+                "section": section,
             }
+            if modules is not None:
+                record["modules"] = modules
             record.update(checked_stats(run, file_metrics, path, model_name, split))
             for name, v_metrics in (file_metrics.get("variants") or {}).items():
                 v_split = variant_split(split, name)
@@ -125,11 +139,34 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
     return rows
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
-    """The README table: our box AP per split (with its dataset) beside the published AP."""
-    by_model: dict[str, dict[str, dict]] = {}
+def ablation_modules(params: dict[str, Any], name: str) -> dict[str, bool] | None:
+    """The module switches (:data:`CPM_COMPONENT_TABLE` ``switches``) of run ``name``'s resolved
+    configuration (``model.roi_head``), or None when its RoI head has not all of them."""
+    roi_head = (resolve_model_config(params, name).get("model") or {}).get("roi_head") or {}
+    keys = CPM_COMPONENT_TABLE["switches"]
+    if not all(k in roi_head for k in keys):
+        return None
+    return {k: bool(roi_head[k]) for k in keys}
+
+
+def is_model(record: dict[str, Any]) -> bool:
+    """A record of a ``models`` run (not of an ablation run)."""
+    return record.get("section", "models") == "models"
+
+
+def by_model_split(rows: list[dict[str, Any]], models_only: bool = True) -> dict[str, dict[str, dict]]:
+    """``{run: {split: record}}``, in the records' order; ``models_only``: leave ablation runs out."""
+    out: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by_model.setdefault(r["model"], {})[r["split"]] = r
+        if is_model(r) or not models_only:
+            out.setdefault(r["model"], {})[r["split"]] = r
+    return out
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """The README table: our box AP per split (with its dataset) beside the published AP.
+    Ablation runs are left out (they have the component-wise table and the full one)."""
+    by_model = by_model_split(rows)
     lines = [
         "| Model | Preset (scale) | Ours: minival box AP / AP50 / AP75 | Ours: APs / APm / APl | Ours: minival mask AP | Ours: test-dev box AP | Measured on | Published minival AP | Published test-dev AP | Published by |",
         "|---|---|:-:|:-:|:-:|:-:|---|:-:|:-:|---|",
@@ -174,15 +211,14 @@ def full_table(rows: list[dict[str, Any]]) -> str:
 def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """One paper's table (``PAPER_TABLES`` entry) with our AP beside the published AP.
 
-    A paper row gets one line per model of ours trained from its preset (at whatever scale),
+    A paper row gets one line per model of ours (``models``, not ``ablations``) trained from its
+    preset (at whatever scale),
     or one line saying it was not run. Our columns hold only our measurements; the task's AP
     (box or mask) is read on minival ("validation") and on test-dev where it was scored.
     The spec's ``columns`` (e.g. ``["type"]``) are the paper's descriptive columns, copied from
     each row; ``name_heading`` and ``split_headings`` name the row-name and the AP columns.
     """
-    by_model: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        by_model.setdefault(r["model"], {})[r["split"]] = r
+    by_model = by_model_split(rows)
     columns = list(spec.get("columns", []))
     val_heading, test_heading = spec.get("split_headings", ["validation", "test-dev"])
     headings = [spec.get("name_heading", "name"), *columns, f"Ours: {val_heading}", f"Ours: {test_heading}",
@@ -227,8 +263,119 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def paper_tables(rows: list[dict[str, Any]]) -> str:
-    """Every paper table of :data:`PAPER_TABLES`, separated by blank lines."""
-    return "\n\n".join(paper_table(spec, rows) for spec in PAPER_TABLES)
+    """Every paper table of :data:`PAPER_TABLES`, then CPM R-CNN's two (test-dev and
+    component-wise), separated by blank lines."""
+    return "\n\n".join([*(paper_table(spec, rows) for spec in PAPER_TABLES),
+                        cpm_testdev_table(rows), cpm_component_table(rows)])
+
+
+def _pub(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def cpm_testdev_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_TESTDEV_TABLE) -> str:
+    """CPM R-CNN's test-dev table: per backbone row, one line per model of ours (``models``)
+    trained from the row's preset, its test-dev box AP / AP50 / APs / APm / APl where test-dev
+    was scored, beside the README's numbers; "not run" where we have no such model."""
+    lines = [
+        f"**{spec['title']}** (published: {spec['source']})",
+        "",
+        "| Backbone | LR | Ours: mAP (test-dev) | Ours: AP50 | Ours: APs / APm / APl | Our model (scale) "
+        "| Measured on | Paper: mAP | Paper: AP50 | Paper: APs / APm / APl |",
+        "|---|---|:-:|:-:|:-:|---|---|:-:|:-:|:-:|",
+    ]
+    by_model = by_model_split(rows)
+    for row in spec["rows"]:
+        head = f"| {row['Backbone']} | {row['LR']} |"
+        paper = (f"| {_pub(row['AP'])} | {_pub(row['AP50'])} "
+                 f"| {_pub(row['APs'])} / {_pub(row['APm'])} / {_pub(row['APl'])} |")
+        ours = [(m, s) for m, s in by_model.items() if next(iter(s.values())).get("preset") == row["preset"]]
+        if not ours:
+            lines.append(f"{head} not run | not run | not run | – | – {paper}")
+            continue
+        for model, splits in ours:
+            td = splits.get("test-dev")
+            scale = next(iter(splits.values())).get("scale")
+            if td is None:
+                cols, measured = "– | – | –", "–"
+            elif not td.get("scored"):
+                cols, measured = "not scored | not scored | not scored", td["dataset"]
+            else:
+                b = td.get("bbox", {})
+                cols = (f"{fmt(b.get('AP'))} | {fmt(b.get('AP50'))} "
+                        f"| {fmt(b.get('APs'))} / {fmt(b.get('APm'))} / {fmt(b.get('APl'))}")
+                measured = td["dataset"]
+            lines.append(f"{head} {cols} | {model} ({scale}) | {measured} {paper}")
+    return "\n".join(lines)
+
+
+def component_runs(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_COMPONENT_TABLE
+                   ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Per row of ``spec``: (the row, the minival records of our ablation runs of the spec's
+    preset whose resolved module switches are exactly the row's), in the records' order."""
+    minival = [r for r in rows if not is_model(r) and r["split"] == "minival" and r.get("modules") is not None
+               and r.get("preset") == spec["preset"]]
+    return [(row, [r for r in minival
+                   if tuple(r["modules"][k] for k in spec["switches"]) == tuple(row["modules"])])
+            for row in spec["rows"]]
+
+
+def paper_way(aps: list[float | None]) -> tuple[list[bool | None], bool | None]:
+    """For APs in the component table's row order (none; each module alone; all modules):
+    per module, whether it alone is above the baseline, and whether all modules together beat
+    every other row; None where a needed AP is missing."""
+    base, *singles, full = aps
+    alone = [None if base is None or ap is None else ap > base for ap in singles]
+    best = None if any(ap is None for ap in aps) else all(full > ap for ap in (base, *singles))
+    return alone, best
+
+
+def _yes_no(v: bool | None) -> str:
+    return "not run" if v is None else ("yes" if v else "no")
+
+
+def cpm_component_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_COMPONENT_TABLE) -> str:
+    """CPM R-CNN's component-wise table: per combination of modules, our minival box AP of the
+    ablation runs with exactly those switches beside the README's val2017 AP, then whether our
+    runs order the same way as the paper's (each module alone above the baseline; all three
+    best), computed from the unrounded APs (the first matching run per row)."""
+    mods = spec["modules"]
+    lines = [
+        f"**{spec['title']}** (published: {spec['source']}; {spec['preset']}, val2017)",
+        "",
+        "| " + " | ".join(mods) + " | Ours: minival AP | Our run (scale) | Measured on | Paper: AP (val2017) |",
+        "|" + ":-:|" * len(mods) + ":-:|---|---|:-:|",
+    ]
+    ours_first = []
+    for row, runs in component_runs(rows, spec):
+        marks = "".join(f" {'✓' if on else ''} |" for on in row["modules"])
+        if not runs:
+            lines.append(f"|{marks} not run | – | – | {_pub(row['AP'])} |")
+        for r in runs:
+            lines.append(f"|{marks} {fmt(r.get('bbox', {}).get('AP'))} | {r['model']} ({r.get('scale')}) "
+                         f"| {r['dataset']} | {_pub(row['AP'])} |")
+        ap = runs[0].get("bbox", {}).get("AP") if runs else None
+        ours_first.append(None if ap is None or ap < 0 else ap)
+    paper_alone, paper_best = paper_way([row["AP"] for row in spec["rows"]])
+    our_alone, our_best = paper_way(ours_first)
+    single = [mods[row["modules"].index(True)] for row in spec["rows"][1:-1]]
+
+    def summary(alone, best):
+        return ("each module alone above the baseline: "
+                + ", ".join(f"{m} {_yes_no(v)}" for m, v in zip(single, alone))
+                + f"; all three best: {_yes_no(best)}")
+
+    ours, paper = [*our_alone, our_best], [*paper_alone, paper_best]
+    if any(v is None for v in ours):
+        verdict = "cannot tell yet (runs missing)"
+    else:
+        verdict = "yes" if ours == paper else "no"
+    lines += [
+        "",
+        f"Does our ablation go the paper's way? **{verdict}**. Paper: {summary(paper_alone, paper_best)}. "
+        f"Ours (minival box AP): {summary(our_alone, our_best)}.",
+    ]
+    return "\n".join(lines)
 
 
 SNAPPING_TITLE = "RepPoints V2 joint inference (corner snapping)"
@@ -278,11 +425,11 @@ def replace_between_markers(text: str, body: str, path: Path) -> str:
 
 def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path, checkpoint_root: Path | None,
                   manifest_file: Path | None) -> dict[str, dict[str, Path]]:
-    """Per model: PR curves (minival), training curves and, where the trained model and the
+    """Per run (``models``, then ``ablations``): PR curves (minival), training curves and, where the trained model and the
     data are at hand, a grid of minival predictions. Returns ``{model: {kind: png path}}``."""
     figures_dir = reports_dir / "figures"
     out: dict[str, dict[str, Path]] = {}
-    for model_name in params.get("models") or {}:
+    for model_name in run_entries(params):
         figs: dict[str, Path] = {}
         pr_csv = Path(metrics_root) / model_name / "pr_minival_bbox.csv"
         if pr_csv.exists():

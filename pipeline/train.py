@@ -31,8 +31,9 @@ from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FI
 from pipeline.tracking import Tracker
 
 
-def maybe_relaunch_with_torchrun(gpus: int) -> None:
-    """Re-run this command under torchrun when more than one GPU is asked for."""
+def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
+    """Re-run ``python -m pipeline.train <argv>`` (default: this command's arguments) under
+    torchrun when more than one GPU is asked for; exits with torchrun's status."""
     if gpus <= 1 or "WORLD_SIZE" in os.environ:
         return
     if not torch.cuda.is_available():
@@ -42,7 +43,7 @@ def maybe_relaunch_with_torchrun(gpus: int) -> None:
     if gpus > available:
         raise SystemExit(f"[train] train.gpus = {gpus} but only {available} CUDA devices are visible")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "pipeline.train", *sys.argv[1:]]
+           "-m", "pipeline.train", *(sys.argv[1:] if argv is None else argv)]
     print("[train] launching: " + " ".join(cmd), flush=True)
     raise SystemExit(subprocess.call(cmd))
 
@@ -184,12 +185,12 @@ def run_training(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a key of 'models' in params.yaml")
+    parser.add_argument("--model", required=True, help="a key of 'models' (or 'ablations') in params.yaml")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--no-resume", action="store_true", help="set existing checkpoints aside and start afresh")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)))
+    maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)), argv)
     try:
         metrics, _ = run_training(args.model, params, resume=not args.no_resume)
     finally:
