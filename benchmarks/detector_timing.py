@@ -45,9 +45,13 @@ def make_batch(num_images: int, size: tuple[int, int], boxes_per_image: int, see
     return images, targets
 
 
-def build(preset: str, scale: str, device: torch.device) -> torch.nn.Module:
+def build(preset: str, scale: str, device: torch.device, model_overrides: dict | None = None) -> torch.nn.Module:
+    """The preset's detector at ``scale`` with random weights; ``model_overrides`` are deep-merged
+    into its ``model`` section (e.g. ``{"roi_head": {"with_ism": False}}``)."""
+    from pipeline.config import deep_merge
+
     entry = PRESETS[preset]
-    cfg = copy.deepcopy(entry["scales"][scale]["model"])
+    cfg = deep_merge(copy.deepcopy(entry["scales"][scale]["model"]), model_overrides)
     cfg["backbone"]["pretrained"] = None
     torch.manual_seed(0)
     return build_model(entry["detector"], cfg, NUM_CLASSES).to(device)
@@ -58,8 +62,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run(names: Sequence[str], description: str, argv: list[str] | None = None) -> int:
-    """Parse the common arguments and time ``names`` (the first is the reference)."""
+def run(names: Sequence[str], description: str, argv: list[str] | None = None,
+        variants: dict[str, tuple[str, dict]] | None = None) -> int:
+    """Parse the common arguments and time ``names`` (the first is the reference). A name is a
+    preset, or a label of ``variants``: ``{label: (preset, model overrides)}``."""
+    variants = variants or {}
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--size", default=None, help="HxW of the batch (default: 160x256 cpu, 800x1216 paper)")
@@ -80,7 +87,10 @@ def run(names: Sequence[str], description: str, argv: list[str] | None = None) -
     images = images.to(device)
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     sizes = [(h, w)] * num_images
-    models = {n: build(n, args.scale, device) for n in names}
+    models = {}
+    for n in names:
+        preset, overrides = variants.get(n, (n, None))
+        models[n] = build(preset, args.scale, device, overrides)
     optims = {n: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for n, m in models.items()}
 
     def train_step(name: str) -> float:
