@@ -164,7 +164,10 @@ def build_rpn_head(cfg: dict[str, Any], in_channels: int) -> RPNHead:
     return _make(RPNHead, {**cfg, **parts, "in_channels": in_channels}, "rpn_head")
 
 
-def build_standard_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> StandardRoIHead:
+def _classifier_branch(cfg: dict[str, Any], in_channels: int, num_classes: int
+                       ) -> tuple[SingleRoIExtractor, Shared2FCBBoxHead]:
+    """The ``bbox_roi_extractor`` (RoIAlign) and the ``bbox_head`` it feeds, from a ``roi_head``
+    section (the box head's input size follows from the extractor)."""
     w = "roi_head."
     extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
     bbox_head = _make(
@@ -173,13 +176,27 @@ def build_standard_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: 
          "num_classes": num_classes},
         w + "bbox_head",
     )
+    return extractor, bbox_head
+
+
+def _roi_sampling(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``assigner`` (MaxIoUAssigner) and ``sampler`` (RandomSampler) of a ``roi_head`` section."""
+    w = "roi_head."
+    return {
+        "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
+        "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+    }
+
+
+def build_standard_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> StandardRoIHead:
+    w = "roi_head."
+    extractor, bbox_head = _classifier_branch(cfg, in_channels, num_classes)
     return _make(
         StandardRoIHead,
         {
             "bbox_roi_extractor": extractor,
             "bbox_head": bbox_head,
-            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
-            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_roi_sampling(cfg),
             **_section(cfg, "test", w),
         },
         "roi_head",
@@ -213,8 +230,7 @@ def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int
             "reg_roi_extractor": reg_extractor,
             "dlr_head": dlr_head,
             "instance_head": instance_head,
-            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
-            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_roi_sampling(cfg),
             **_section(cfg, "train", w),
             **_section(cfg, "test", w),
         },
@@ -224,13 +240,7 @@ def build_d2det_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int
 
 def build_grid_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) -> GridRoIHead:
     w = "roi_head."
-    extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
-    bbox_head = _make(
-        Shared2FCBBoxHead,
-        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.output_size,
-         "num_classes": num_classes},
-        w + "bbox_head",
-    )
+    extractor, bbox_head = _classifier_branch(cfg, in_channels, num_classes)
     grid_extractor = _make(SingleRoIExtractor, _section(cfg, "grid_roi_extractor", w), w + "grid_roi_extractor")
     grid_head = _make(GridHead, {**_section(cfg, "grid_head", w), "in_channels": in_channels,
                                  "roi_feat_size": grid_extractor.output_size}, w + "grid_head")
@@ -241,8 +251,7 @@ def build_grid_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int)
             "bbox_head": bbox_head,
             "grid_roi_extractor": grid_extractor,
             "grid_head": grid_head,
-            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
-            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_roi_sampling(cfg),
             **_section(cfg, "train", w),
             **_section(cfg, "test", w),
         },
@@ -254,13 +263,7 @@ def build_cpm_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) 
     """CPM R-CNN's RoI head from the ``roi_head`` section (module docstring); the module
     switches ``with_cmm`` / ``with_ism`` / ``with_rsm`` are top-level keys of the section."""
     w = "roi_head."
-    extractor = _make(SingleRoIExtractor, _section(cfg, "bbox_roi_extractor", w), w + "bbox_roi_extractor")
-    bbox_head = _make(
-        Shared2FCBBoxHead,
-        {**_section(cfg, "bbox_head", w), "in_channels": in_channels, "roi_feat_size": extractor.output_size,
-         "num_classes": num_classes},
-        w + "bbox_head",
-    )
+    extractor, bbox_head = _classifier_branch(cfg, in_channels, num_classes)
     flags = {key: cfg[key] for key in ("with_cmm", "with_ism", "with_rsm") if key in cfg}
     return _make(
         CPMRoIHead,
@@ -276,8 +279,7 @@ def build_cpm_roi_head(cfg: dict[str, Any], in_channels: int, num_classes: int) 
             "iou_head": dict(cfg.get("iou_head") or {}),
             "rsm_head": dict(cfg.get("rsm_head") or {}),
             "rsm_sampler": _make(RandomSampler, _section(cfg, "rsm_sampler", w), w + "rsm_sampler"),
-            "assigner": _make(MaxIoUAssigner, _section(cfg, "assigner", w), w + "assigner"),
-            "sampler": _make(RandomSampler, _section(cfg, "sampler", w), w + "sampler"),
+            **_roi_sampling(cfg),
             **_section(cfg, "train", w),
             **_section(cfg, "test", w),
         },

@@ -92,7 +92,7 @@ def test_chamfer_valid_mask_and_module_reduction():
     g = torch.Generator().manual_seed(2)
     pred = (torch.rand(3, 9, 2, generator=g) * 4).requires_grad_()
     tgt = torch.rand(3, 11, 2, generator=g) * 4
-    tgt[1] = 0.0  # DTS found no contour: zero placeholder
+    tgt[1] = 0.0  # DTS found no contour: the instance has all-zero target points
     valid = torch.tensor([True, False, True])
     out = chamfer_loss_2d(pred, tgt, valid=valid)
     full = chamfer_loss_2d(pred, tgt)

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import torchvision
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from models.backbones.freezing import FreezableBackbone
 from models.backbones.resnet import _load_state_dict_source
 
 # Index of torchvision's final 1x1 conv (320 -> 1280) in ``features``; never built.
@@ -50,7 +50,7 @@ def _layer_channels_and_stride(layer: nn.Module) -> tuple[int, int]:
     return int(convs[-1].out_channels), stride
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FreezableBackbone):
     """MobileNetV2 feature extractor returning the outputs of selected ``features`` layers.
 
     Args:
@@ -164,22 +164,6 @@ class MobileNetV2(nn.Module):
 
     def _frozen_modules(self) -> list[nn.Module]:
         return [self.features[i] for i in range(self.frozen_stages + 1)]
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "MobileNetV2":
-        """Switch mode, keeping frozen layers (and all BN layers if ``norm_eval``) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outs = []

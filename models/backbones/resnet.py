@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
+from models.backbones.freezing import FreezableBackbone
 from models.layers.deform_conv import ModulatedDeformConv2dPack
 from models.layers.norm import build_norm
 
@@ -204,7 +204,7 @@ def _load_state_dict_source(pretrained: str) -> dict[str, Tensor]:
     return obj
 
 
-class ResNet(nn.Module):
+class ResNet(FreezableBackbone):
     """ResNet/ResNeXt feature extractor returning the outputs of selected stages.
 
     Args:
@@ -385,22 +385,6 @@ class ResNet(nn.Module):
         for i in range(1, self.frozen_stages + 1):
             mods.append(getattr(self, f"layer{i}"))
         return mods
-
-    def _freeze_stages(self) -> None:
-        for m in self._frozen_modules():
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> "ResNet":
-        """Switch mode, keeping frozen stages (and all BN layers if ``norm_eval``) in eval mode."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -29,7 +29,7 @@ Decisions:
   change the loss value.
 * ``valid`` (optional ``BoolTensor[P]``): instances with ``valid=False`` (e.g. the DTS found
   no contour, spec §3.3 step 7) get a loss of exactly 0 with no gradient, and their target
-  points are never read, so all-zero placeholder targets are harmless.
+  points are never read, so such an instance may carry all-zero target points.
 * Computation is in float32 even under mixed precision.
 """
 from __future__ import annotations
