@@ -80,6 +80,12 @@ RepPoints (``detector: reppoints``, a single-stage detector) has no ``rpn_head``
 RepPoints V2 (``detector: reppoints_v2``) has the same layout with RepPointsV2Head kwargs
 (``shared_stacked_convs``, ``corner_dim``, the verification loss settings) and
 ``test.corner_snapping``.
+
+Dense RepPoints (``detector: dense_reppoints`` / ``dense_reppoints_v2``) has the same layout with
+DenseRepPointsHead / DenseRepPointsV2Head kwargs (``num_group``, ``num_score_group``,
+``stacked_mask_convs``, ``mask_size``, ``dist_sample_thr``, the Chamfer / point-score / contour /
+foreground loss settings) and ``test.{pts_score_thr, mask_out_size}`` (V2 also
+``contour_score_thr``, ``contour_snapping``); it needs ``data.with_masks: true``.
 """
 from __future__ import annotations
 
@@ -90,12 +96,14 @@ from torch import nn
 from models.backbones.mobilenet_v2 import MobileNetV2
 from models.backbones.resnet import ResNet
 from models.dense_heads.rpn_head import ProposalConfig, RPNHead
+from models.dense_heads.dense_reppoints_head import DenseRepPointsHead
+from models.dense_heads.dense_reppoints_v2_head import DenseRepPointsV2Head
 from models.dense_heads.reppoints_head import RepPointsHead
 from models.dense_heads.reppoints_v2_head import RepPointsV2Head
 from models.detectors.cpm_rcnn import CPMRCNN
 from models.detectors.d2det import D2Det
 from models.detectors.grid_rcnn import GridRCNN
-from models.detectors.single_stage import RepPointsDetector
+from models.detectors.single_stage import DenseRepPointsDetector, RepPointsDetector
 from models.detectors.two_stage import FasterRCNN
 from models.necks.fpn import FPN
 from models.roi_heads.bbox_head import Shared2FCBBoxHead
@@ -115,7 +123,15 @@ from models.task_modules.box_coder import DeltaXYWHBBoxCoder
 from models.task_modules.point_assigner import PointAssigner
 from models.task_modules.samplers import RandomSampler
 
-DETECTORS = ("faster_rcnn", "d2det", "grid_rcnn", "cpm_rcnn", "reppoints", "reppoints_v2")
+DETECTORS = ("faster_rcnn", "d2det", "grid_rcnn", "cpm_rcnn", "reppoints", "reppoints_v2", "dense_reppoints",
+             "dense_reppoints_v2")
+#: the single-stage detectors: head class and detector class
+POINT_SET_DETECTORS = {
+    "reppoints": (RepPointsHead, RepPointsDetector),
+    "reppoints_v2": (RepPointsV2Head, RepPointsDetector),
+    "dense_reppoints": (DenseRepPointsHead, DenseRepPointsDetector),
+    "dense_reppoints_v2": (DenseRepPointsV2Head, DenseRepPointsDetector),
+}
 
 
 def _section(cfg: dict[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -326,10 +342,10 @@ def build_model(detector: str, model_cfg: dict[str, Any], num_classes: int, load
         backbone_cfg["pretrained"] = None
     backbone = build_backbone(backbone_cfg)
     neck = build_neck(_section(model_cfg, "neck", ""), backbone.out_channels)
-    if detector in ("reppoints", "reppoints_v2"):
-        head_class = RepPointsV2Head if detector == "reppoints_v2" else RepPointsHead
+    if detector in POINT_SET_DETECTORS:
+        head_class, detector_class = POINT_SET_DETECTORS[detector]
         head = build_reppoints_head(_section(model_cfg, "bbox_head", ""), neck.out_channels, num_classes, head_class)
-        return RepPointsDetector(backbone, neck, head)
+        return detector_class(backbone, neck, head)
     rpn_head = build_rpn_head(_section(model_cfg, "rpn_head", ""), neck.out_channels)
     roi_cfg = _section(model_cfg, "roi_head", "")
     if detector == "d2det":

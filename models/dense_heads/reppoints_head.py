@@ -199,6 +199,8 @@ class PointTargets:
             their gt boxes (zeros elsewhere).
         refine_pos, refine_gt: the same for the refine stage.
         num_pos_init, num_pos_refine: sum over images of ``max(n_pos, 1)``.
+        init_gt_inds, refine_gt_inds: LongTensor[B, M] index of the assigned gt within its
+            image (-1 for non-positives); Dense RepPoints reads the gt's mask through it.
     """
 
     labels: Tensor
@@ -209,6 +211,8 @@ class PointTargets:
     refine_gt: Tensor
     num_pos_init: int
     num_pos_refine: int
+    init_gt_inds: Tensor
+    refine_gt_inds: Tensor
 
 
 class RepPointsHead(nn.Module):
@@ -332,16 +336,22 @@ class RepPointsHead(nn.Module):
 
         self.cls_convs = tower()
         self.reg_convs = tower()
-        pts_out = 2 * num_points
+        self._build_point_layers()
+
+    def _build_point_layers(self) -> None:
+        """The layers after the two towers: init points, the two DCNs and their outputs, the
+        moment transfer (V1 / V2; Dense RepPoints overrides this)."""
+        kernel, feat_channels, point_feat_channels = self.dcn_kernel, self.feat_channels, self.point_feat_channels
+        pts_out = 2 * self.num_points
         self.pts_init_conv = nn.Conv2d(feat_channels, point_feat_channels, 3, padding=1)
         self.pts_init_out = nn.Conv2d(point_feat_channels, pts_out, 1)
         # the two DCNv1 kernels (feat (+ extra, V2) -> point_feat, no bias), applied with torchvision's op
         dcn_in = feat_channels + self.dcn_extra_in_channels
         self.cls_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, dcn_in, kernel, kernel))
-        self.cls_out = nn.Conv2d(point_feat_channels, num_classes, 1)
+        self.cls_out = nn.Conv2d(point_feat_channels, self.num_classes, 1)
         self.pts_refine_dcn_weight = nn.Parameter(torch.empty(point_feat_channels, dcn_in, kernel, kernel))
         self.pts_refine_out = nn.Conv2d(point_feat_channels, pts_out, 1)
-        if transform_method == "moment":
+        if self.transform_method == "moment":
             self.moment_transfer = nn.Parameter(torch.zeros(2))
         else:
             self.register_parameter("moment_transfer", None)
@@ -442,6 +452,8 @@ class RepPointsHead(nn.Module):
         refine_pos = torch.zeros((b, m), dtype=torch.bool, device=device)
         init_gt = torch.zeros((b, m, 4), device=device)
         refine_gt = torch.zeros((b, m, 4), device=device)
+        init_inds = torch.full((b, m), -1, dtype=torch.long, device=device)
+        refine_inds = torch.full((b, m), -1, dtype=torch.long, device=device)
         num_init = num_refine = 0
         level_ids = torch.repeat_interleave(torch.arange(len(num_level_points), device=device),
                                             torch.tensor(list(num_level_points), device=device))
@@ -455,6 +467,7 @@ class RepPointsHead(nn.Module):
             pos = res.gt_inds > 0
             init_pos[i, idx[pos]] = True
             init_gt[i, idx[pos]] = gts[res.gt_inds[pos] - 1]
+            init_inds[i, idx[pos]] = res.gt_inds[pos] - 1
             num_init += max(int(pos.sum()), 1)
             # refine stage: pseudo boxes of the detached init points
             cand = init_boxes[i, idx].float()
@@ -473,10 +486,12 @@ class RepPointsHead(nn.Module):
             neg = gt_inds == 0
             refine_pos[i, idx[pos]] = True
             refine_gt[i, idx[pos]] = gts[gt_inds[pos] - 1]
+            refine_inds[i, idx[pos]] = gt_inds[pos] - 1
             labels[i, idx[pos]] = labs[gt_inds[pos] - 1]
             label_weights[i, idx[pos | neg]] = 1.0
             num_refine += max(int(pos.sum()), 1)
-        return PointTargets(labels, label_weights, init_pos, init_gt, refine_pos, refine_gt, num_init, num_refine)
+        return PointTargets(labels, label_weights, init_pos, init_gt, refine_pos, refine_gt, num_init, num_refine,
+                            init_inds, refine_inds)
 
     def _points_loss(self, pred: Tensor, target: Tensor, norm: Tensor, weight: float, avg_factor: int) -> Tensor:
         pred = pred / norm[:, None]

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from models.dense_heads.rpn_head import RPNHead
-from models.detectors.two_stage import TwoStageDetector
+from models.detectors.two_stage import TwoStageDetector, unpack_masks
 from models.roi_heads.d2det_roi_head import D2DetRoIHead
 
 
@@ -33,13 +32,5 @@ class D2Det(TwoStageDetector):
                        image_sizes: list[tuple[int, int]], targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         gt_masks = None
         if self.roi_head.with_mask:
-            gt_masks = []
-            for i, t in enumerate(targets):
-                if "masks" not in t:
-                    raise ValueError(f"image {i} of the batch has no 'masks': the D2Det instance variant needs "
-                                     "instance masks (set data.with_masks: true)")
-                m = t["masks"]
-                if m.shape[0] != gt_boxes[i].shape[0]:
-                    raise ValueError(f"image {i} of the batch: {m.shape[0]} masks for {gt_boxes[i].shape[0]} boxes")
-                gt_masks.append(m.to(device=features[0].device, dtype=torch.uint8))
+            gt_masks = unpack_masks(targets, gt_boxes, features[0].device, "the D2Det instance variant")
         return self.roi_head.forward_train(features, proposals, gt_boxes, gt_labels, gt_ignore, image_sizes, gt_masks)

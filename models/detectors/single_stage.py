@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from models.dense_heads.dense_reppoints_head import DenseRepPointsHead
 from models.dense_heads.reppoints_head import RepPointsHead
-from models.detectors.two_stage import check_inputs, unpack_targets
+from models.detectors.two_stage import check_inputs, unpack_masks, unpack_targets
 
 
 class SingleStageDetector(nn.Module):
@@ -61,3 +62,30 @@ class RepPointsDetector(SingleStageDetector):
         if not isinstance(bbox_head, RepPointsHead):
             raise TypeError(f"RepPointsDetector needs a RepPointsHead, got {type(bbox_head).__name__}")
         super().__init__(backbone, neck, bbox_head)
+
+
+class DenseRepPointsDetector(SingleStageDetector):
+    """Dense RepPoints V1 / V2: a :class:`SingleStageDetector` with a :class:`DenseRepPointsHead`.
+
+    Training targets also need ``masks`` UInt8Tensor[N, H, W] (input resolution, one per gt
+    box); evaluation adds ``masks`` FloatTensor[K, 1, S, S] (point probabilities interpolated
+    over each box), ``points`` FloatTensor[K, 729, 2] and ``point_scores`` FloatTensor[K, 729]."""
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, bbox_head: DenseRepPointsHead) -> None:
+        if not isinstance(bbox_head, DenseRepPointsHead):
+            raise TypeError(f"DenseRepPointsDetector needs a DenseRepPointsHead, got {type(bbox_head).__name__}")
+        super().__init__(backbone, neck, bbox_head)
+
+    def forward(
+        self,
+        images: Tensor,
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        if not self.training:
+            return super().forward(images, image_sizes, targets)
+        image_sizes = check_inputs(images, image_sizes, targets, True)
+        gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, self.bbox_head.num_classes)
+        gt_masks = unpack_masks(targets, gt_boxes, images.device, "Dense RepPoints")
+        features = self.extract_feat(images)
+        return self.bbox_head.forward_train(features, image_sizes, gt_boxes, gt_labels, gt_ignore, gt_masks)

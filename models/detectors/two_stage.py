@@ -49,6 +49,24 @@ def unpack_targets(targets: Sequence[dict[str, Tensor]], device: torch.device, n
     return boxes, labels, ignore
 
 
+def unpack_masks(targets: Sequence[dict[str, Tensor]], gt_boxes: Sequence[Tensor], device: torch.device,
+                 model: str) -> list[Tensor]:
+    """Per-image gt instance masks UInt8Tensor[N, H, W] (input resolution, one per gt box).
+
+    A target without ``masks``, or with a different number of masks than boxes, raises a
+    ``ValueError`` naming the image and ``model`` (the detector that needs them)."""
+    masks = []
+    for i, t in enumerate(targets):
+        if "masks" not in t:
+            raise ValueError(f"image {i} of the batch has no 'masks': {model} needs instance masks "
+                             "(set data.with_masks: true)")
+        m = t["masks"]
+        if m.shape[0] != gt_boxes[i].shape[0]:
+            raise ValueError(f"image {i} of the batch: {m.shape[0]} masks for {gt_boxes[i].shape[0]} boxes")
+        masks.append(m.to(device=device, dtype=torch.uint8))
+    return masks
+
+
 def check_inputs(images: Tensor, image_sizes: Sequence[tuple[int, int]],
                  targets: Sequence[dict[str, Tensor]] | None, training: bool) -> list[tuple[int, int]]:
     """Validate the call contract's arguments; returns ``image_sizes`` as int (h, w) pairs."""
