@@ -146,11 +146,11 @@ def point_score_logits(score_maps: Tensor, image_ids: Tensor, points: Tensor, st
     du, dv = u - u0, v - v0
     u0, v0 = u0.long(), v0.long()
     u1, v1 = (u0 + 1).clamp(max=w - 1), (v0 + 1).clamp(max=h - 1)
-    flat = score_maps.float().flatten(1)[image_ids]  # [P, G*H*W]
-    base = chan * (h * w)
+    flat = score_maps.float().reshape(-1)  # [B*G*H*W]
+    base = (image_ids[:, None] * g2 + chan) * (h * w)
 
     def at(vv: Tensor, uu: Tensor) -> Tensor:
-        return flat.gather(1, base + vv * w + uu)
+        return flat[base + vv * w + uu]
 
     return ((1 - dv) * ((1 - du) * at(v0, u0) + du * at(v0, u1))
             + dv * ((1 - du) * at(v1, u0) + du * at(v1, u1)))

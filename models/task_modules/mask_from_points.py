@@ -35,11 +35,14 @@ Decisions:
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
+import torch
 from scipy.interpolate import griddata
-from scipy.spatial import QhullError
+from scipy.spatial import Delaunay, QhullError
 
 
 def corner_anchors(w: int, h: int) -> np.ndarray:
@@ -99,3 +102,252 @@ def points_to_mask(points: np.ndarray, scores: np.ndarray, box: Sequence[float],
     score_map = box_score_map(local, scores, w, h)
     full[y1:y1 + h, x1:x1 + w] = score_map > thr
     return full
+
+
+# ---------------------------------------------------------------- batched mask step (M x M box cells)
+
+#: smallest box side (pixels) used for the box-normalised frame
+MIN_BOX_SIDE = 1e-3
+#: barycentric tolerance of the inside test (dimensionless)
+BARY_TOL = 1e-9
+#: at most this many (triangle, grid node) candidate pairs are evaluated at once
+MAX_PAIRS_PER_CHUNK = 1 << 22
+
+
+def box_cell_anchors(mask_size: int) -> np.ndarray:
+    """The 4 box corners (x, y) in the cell frame of an ``M x M`` box grid (cell centres at the
+    integers ``0 .. M-1``, so the box spans ``[-0.5, M - 0.5]``), in :func:`corner_anchors`
+    order: float64 [4, 2]."""
+    lo, hi = -0.5, mask_size - 0.5
+    return np.array([[lo, lo], [hi, lo], [lo, hi], [hi, hi]], dtype=np.float64)
+
+
+def _cell_frame(points: torch.Tensor, boxes: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """Image (x, y) ``[K, N, 2]`` -> float64 cell frame of each box's ``M x M`` grid:
+    ``u = (x - x1) / w * M - 0.5`` (cell centre ``i`` at ``u = i``), ``w = max(x2 - x1,``
+    :data:`MIN_BOX_SIDE` ``)``; likewise ``v`` for y."""
+    pts = points.detach().to(torch.float64)
+    bx = boxes.detach().to(torch.float64)
+    origin = bx[:, None, :2]
+    size = (bx[:, None, 2:] - bx[:, None, :2]).clamp(min=MIN_BOX_SIDE)
+    return (pts - origin) / size * mask_size - 0.5
+
+
+def _check_inputs(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
+                  mask_size: int) -> None:
+    if points.dim() != 3 or points.shape[-1] != 2:
+        raise ValueError(f"points must be [K, N, 2], got {tuple(points.shape)}")
+    if scores.shape != points.shape[:2]:
+        raise ValueError(f"scores must be [K, N] = {tuple(points.shape[:2])}, "
+                         f"got {tuple(scores.shape)}")
+    if boxes.shape != (points.shape[0], 4):
+        raise ValueError(f"boxes must be [K, 4] = ({points.shape[0]}, 4), "
+                         f"got {tuple(boxes.shape)}")
+    if mask_size < 1:
+        raise ValueError(f"mask_size must be >= 1, got {mask_size}")
+
+
+def _default_threads(num_jobs: int) -> int:
+    return max(1, min(num_jobs, torch.get_num_threads(), os.cpu_count() or 1, 8))
+
+
+def _triangulate(vertices: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+                 num_threads: int) -> list[np.ndarray | None]:
+    """Delaunay triangles (global vertex indices, int64 [T_k, 3]) of each detection's vertex
+    block ``vertices[starts[k]:starts[k] + counts[k]]``; ``None`` where Qhull fails."""
+
+    def one(k: int) -> np.ndarray | None:
+        s, n = int(starts[k]), int(counts[k])
+        try:
+            tri = Delaunay(vertices[s:s + n]).simplices
+        except (QhullError, ValueError):
+            return None
+        return tri.astype(np.int64) + s
+
+    jobs = range(len(starts))
+    if num_threads <= 1 or len(starts) <= 1:
+        return [one(k) for k in jobs]
+    with ThreadPoolExecutor(max_workers=num_threads) as pool:  # Qhull releases the GIL
+        return list(pool.map(one, jobs))
+
+
+def _ragged_arange(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(owner, offset)`` of ``total = sum(counts)`` items: item ``n`` is the ``offset``-th of
+    the ``counts[owner]`` items of its owner (a ragged ``arange``; ``owner`` is sorted)."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts,
+                                    output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    return owner, torch.arange(total, device=counts.device) - first.index_select(0, owner)
+
+
+def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
+               tri_det: torch.Tensor, out: torch.Tensor, mask_size: int) -> None:
+    """Evaluate each triangle's linear interpolant at the grid nodes it covers and write it
+    into ``out`` (float64 [K * M * M], flattened ``[K, M(y), M(x)]``).
+
+    ``verts`` [V, 2] cell-frame vertices (float64), ``values`` [V], ``tris`` [T, 3] vertex
+    indices, ``tri_det`` [T] the detection of each triangle. Scanline rasterisation, batched
+    over all triangles of all detections:
+
+    1. per triangle: its plane ``value = gx x + gy y + c`` and, for each edge, the barycentric
+       coordinate of the opposite vertex as an affine function ``ex x + ey y + f`` of the node;
+    2. each triangle is expanded (``repeat_interleave``) into the grid rows of its bounding
+       box; per row the nodes with all three barycentric coordinates ``>= -BARY_TOL`` form an
+       interval of x given by three linear inequalities;
+    3. the rows are expanded into those nodes, which get the plane's value and are written with
+       ``scatter_reduce(amax)``.
+
+    A node on an edge shared by two triangles gets the same value from both (up to rounding),
+    so the reduction only picks between equal values; a node that no triangle covers (outside
+    the hull) keeps 0. Triangles of zero area are skipped. Every tensor is 1-D and contiguous
+    and every gather an ``index_select`` (much faster on CPU than strided or fancy indexing).
+    """
+    m = mask_size
+    vx, vy = verts[:, 0].contiguous(), verts[:, 1].contiguous()
+    corners = tris.t().contiguous()
+    ia, ib, ic = corners[0], corners[1], corners[2]
+    ax, ay, sa = vx.index_select(0, ia), vy.index_select(0, ia), values.index_select(0, ia)
+    bx, by, sb = vx.index_select(0, ib), vy.index_select(0, ib), values.index_select(0, ib)
+    cx, cy, sc = vx.index_select(0, ic), vy.index_select(0, ic), values.index_select(0, ic)
+    abx, aby, acx, acy = bx - ax, by - ay, cx - ax, cy - ay
+    det = abx * acy - acx * aby
+    ok = det != 0  # flat triangles (possible in Qhull's triangulated output) cover nothing
+    inv = 1.0 / torch.where(ok, det, torch.ones_like(det))
+    dsb, dsc = sb - sa, sc - sa
+    gx = (dsb * acy - dsc * aby) * inv
+    gy = (dsc * abx - dsb * acx) * inv
+    gc = sa - gx * ax - gy * ay
+    # Barycentric coordinate of the vertex opposite edge (p, q): l = cross(q - p, node - p) /
+    # det. On the row y, l >= -tol bounds x from below where (q - p)_y det < 0 and from above
+    # where it is > 0, at x = alpha y + beta with alpha = dx / dy and
+    # beta = px - alpha py + tol det / dy ((dx, dy) = q - p). The three dy sum to 0, so every
+    # triangle has one or two lower and one or two upper bounds; they are packed as
+    # (lower first, lower last, upper first, upper last) (alpha, beta) pairs, a single one
+    # repeated. A horizontal edge (dy = 0) bounds the rows, which the bounding box already does.
+    lows, ups, forms = [], [], []
+    for px, py, qx, qy in ((bx, by, cx, cy), (cx, cy, ax, ay), (ax, ay, bx, by)):
+        dx, dy = qx - px, qy - py
+        side = dy * det
+        lows.append(side < 0)
+        ups.append(side > 0)
+        dy = torch.where(dy == 0, torch.ones_like(dy), dy)
+        alpha = dx / dy
+        forms.append((alpha, px - alpha * py + (BARY_TOL * det) / dy))
+    packed = []
+    for m0, m1, m2 in (lows, ups):
+        for k in (0, 1):  # first, last of this side
+            pick_a, pick_c = (m0, m2) if k == 0 else (m2, m0)
+            end_a, end_c = (forms[0], forms[2]) if k == 0 else (forms[2], forms[0])
+            for j in (0, 1):  # alpha, beta
+                packed.append(torch.where(pick_a, end_a[j],
+                                          torch.where(m1, forms[1][j], end_c[j])))
+    x_lo = torch.ceil(torch.minimum(torch.minimum(ax, bx), cx) - BARY_TOL).clamp_(min=0)
+    x_hi = torch.floor(torch.maximum(torch.maximum(ax, bx), cx) + BARY_TOL).clamp_(max=m - 1)
+    y_lo = torch.ceil(torch.minimum(torch.minimum(ay, by), cy) - BARY_TOL).clamp_(min=0)
+    y_hi = torch.floor(torch.maximum(torch.maximum(ay, by), cy) + BARY_TOL).clamp_(max=m - 1)
+    rows = torch.where(ok & (x_hi >= x_lo), (y_hi - y_lo + 1).clamp(min=0),
+                       torch.zeros_like(y_lo)).long()
+    grid_off = (tri_det.long() * (m * m)).to(torch.float64)
+    # chunks of whole triangles with at most ~MAX_PAIRS_PER_CHUNK bounding-box nodes
+    ends = torch.cumsum(rows * (x_hi - x_lo + 1).clamp(min=0).long(), 0).cpu()
+    num_tris = len(rows)
+    t0 = 0
+    while t0 < num_tris:
+        base = int(ends[t0 - 1]) if t0 else 0
+        t1 = int(torch.searchsorted(ends, base + MAX_PAIRS_PER_CHUNK, right=True))
+        t1 = min(max(t1, t0 + 1), num_tris)
+        sel = slice(t0, t1)
+        t0 = t1
+        n_rows = int(rows[sel].sum())
+        if n_rows == 0:
+            continue
+        r_tri, r_off = _ragged_arange(rows[sel], n_rows)
+        r_tri = r_tri + sel.start
+        g = [t.index_select(0, r_tri) for t in packed]
+        y = y_lo.index_select(0, r_tri) + r_off
+        lower = torch.ceil(torch.maximum(g[0] * y + g[1], g[2] * y + g[3])).clamp_(min=0)
+        upper = torch.floor(torch.minimum(g[4] * y + g[5], g[6] * y + g[7])).clamp_(max=m - 1)
+        n_x = (upper - lower + 1).clamp_(min=0).long()
+        n_nodes = int(n_x.sum())
+        if n_nodes == 0:
+            continue
+        row_gx = gx.index_select(0, r_tri)
+        # value at the first node of the row, and that node's flat index
+        row_val = row_gx * lower + gy.index_select(0, r_tri) * y + gc.index_select(0, r_tri)
+        row_node = (grid_off.index_select(0, r_tri) + y * m + lower).long()
+        n_row, n_off = _ragged_arange(n_x, n_nodes)
+        val = row_gx.index_select(0, n_row) * n_off + row_val.index_select(0, n_row)
+        node = row_node.index_select(0, n_row) + n_off
+        out.scatter_reduce_(0, node, val, reduce="amax", include_self=False)
+
+
+def points_to_box_score_maps(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
+                             mask_size: int = 56, num_threads: int | None = None
+                             ) -> torch.Tensor:
+    """Interpolated point scores on each detection's ``M x M`` box cells, all detections at once.
+
+    ``points`` [K, N, 2] (x, y) image coordinates, ``scores`` [K, N], ``boxes`` [K, 4] xyxy.
+    Returns float32 [K, M, M] (row = y) on the device of ``points``: the Delaunay-linear
+    interpolant of the scores plus the 4 box-corner anchors (score 0) at the cell centres
+    ``(x1 + (i + 0.5) w / M, y1 + (j + 0.5) h / M)``, 0 outside the convex hull. These are the
+    ``masks[:, 0]`` a detector returns for :func:`pipeline.evaluation.paste_masks`.
+
+    Only the triangulation is per detection (``scipy.spatial.Delaunay`` in a thread pool of
+    ``num_threads``, default ``min(K, torch.get_num_threads(), cpu count, 8)``); the
+    rasterisation of all triangles of all detections is one batched torch computation on the
+    input device. Same values as :func:`box_score_maps_loop` (up to ~1e-12).
+    """
+    _check_inputs(points, scores, boxes, mask_size)
+    num, device, m = points.shape[0], points.device, int(mask_size)
+    if num == 0:
+        return torch.zeros((0, m, m), dtype=torch.float32, device=device)
+    local = _cell_frame(points.cpu(), boxes.cpu(), m)  # float64 [K, N, 2], CPU (for Qhull)
+    val = scores.detach().cpu().to(torch.float64)
+    keep = torch.isfinite(local).all(-1) & torch.isfinite(val)
+    anchors = torch.from_numpy(box_cell_anchors(m)).expand(num, 4, 2)
+    keep = torch.cat([keep, torch.ones((num, 4), dtype=torch.bool)], 1)
+    verts = torch.cat([local, anchors], 1)[keep]  # per detection: kept points, then anchors
+    vals = torch.cat([val, torch.zeros((num, 4), dtype=torch.float64)], 1)[keep]
+    counts = keep.sum(1)
+    starts = torch.cumsum(counts, 0) - counts
+    if num_threads is None:
+        num_threads = _default_threads(num)
+    tri_list = _triangulate(verts.numpy(), starts.numpy(), counts.numpy(), num_threads)
+    per_det = torch.tensor([0 if t is None else len(t) for t in tri_list], dtype=torch.long)
+    good = [t for t in tri_list if t is not None]
+    tris = torch.from_numpy(np.concatenate(good)) if good else torch.zeros((0, 3), dtype=torch.long)
+    tri_det = torch.repeat_interleave(torch.arange(num), per_det)
+    verts_d, vals_d = verts.to(device), vals.to(device)
+    out = torch.zeros(num * m * m, dtype=torch.float64, device=device)
+    _rasterise(verts_d, vals_d, tris.to(device), tri_det.to(device), out, m)
+    out = out.view(num, m, m)
+    failed = [k for k, t in enumerate(tri_list) if t is None]
+    if failed:  # Qhull gave up (not seen with finite input): nearest vertex, like box_score_map
+        axis = torch.arange(m, dtype=torch.float64, device=device)
+        gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+        nodes = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+        for k in failed:
+            s, n = int(starts[k]), int(counts[k])
+            near = torch.cdist(nodes, verts_d[s:s + n]).argmin(1)
+            out[k] = vals_d[s:s + n][near].view(m, m)
+    return out.to(torch.float32)
+
+
+def box_score_maps_loop(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
+                        mask_size: int = 56) -> torch.Tensor:
+    """Per-detection peer of :func:`points_to_box_score_maps`: the same cell frame, anchors and
+    grid, one :func:`box_score_map` (``scipy.interpolate.griddata``) call per detection.
+    float32 [K, M, M] on the device of ``points``."""
+    _check_inputs(points, scores, boxes, mask_size)
+    m = int(mask_size)
+    pts_all = points.detach().cpu().to(torch.float64).numpy()
+    val_all = scores.detach().cpu().to(torch.float64).numpy()
+    box_all = boxes.detach().cpu().to(torch.float64).numpy()
+    anchors = box_cell_anchors(m)
+    out = np.zeros((len(pts_all), m, m), dtype=np.float64)
+    for k in range(len(pts_all)):
+        x1, y1, x2, y2 = box_all[k]
+        size = np.array([max(x2 - x1, MIN_BOX_SIDE), max(y2 - y1, MIN_BOX_SIDE)])
+        local = (pts_all[k] - np.array([x1, y1])) / size * m - 0.5
+        out[k] = box_score_map(local, val_all[k], m, m, anchors=anchors)
+    return torch.from_numpy(out).to(device=points.device, dtype=torch.float32)
