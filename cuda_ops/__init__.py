@@ -23,13 +23,23 @@ Present so far:
   (bottom + right). ``corner_pool_reference`` (flip + ``torch.cummax``) is the ground truth:
   the gradient goes to the argmax, the nearest of tied maxima; ``corner_pool`` runs the CUDA
   kernel (``csrc/corner_pool_cuda.cu``, forward and deterministic backward) for CUDA tensors
-  when it builds, else the reference.
+  when it builds, else the reference;
+- ``cuda_ops.chamfer_2d``: ``chamfer_distance(a [P, N, 2], b [P, M, 2])`` -> ``(dist_ab,
+  dist_ba, idx_ab, idx_ba)``, the squared distance from each point to its nearest neighbour
+  in the other set of its instance and that neighbour's index (the lowest index among equal
+  distances), Dense RepPoints' Chamfer loss's search (``models/losses/chamfer_loss.py`` uses
+  its indices on CUDA). ``chamfer_distance_reference`` (exact ``dx*dx + dy*dy`` on chunks of
+  instances, ``argmin``, gradient through the matched pairs) is the ground truth;
+  ``chamfer_distance`` runs the CUDA kernel (``csrc/chamfer_2d_cuda.cu``, float32/float64,
+  forward with indices and a deterministic backward from them; any number of points) for
+  CUDA tensors when it builds, else the reference.
 
-Building: ``cuda_ops._extension.load_deform_roi_pool_ext`` and ``load_corner_pool_ext``
-compile their extension with ``torch.utils.cpp_extension`` (ninja + nvcc; ninja is pinned in
-requirements.lock) the first time a CUDA tensor needs it, into ``$DETLAB_CUDA_CACHE``
-(default ``~/.cache/detlab/cuda_ops``), and fall back to the reference, with one logged
-warning, when CUDA, nvcc or the build is missing. ``DETLAB_DISABLE_CUDA_OPS=1`` forces the
-references. ``python -m cuda_ops.build`` compiles both ahead of use (``--op`` for one), also
-without a GPU (sm_90 by default, ``TORCH_CUDA_ARCH_LIST`` or ``--arch`` to choose).
+Building: ``cuda_ops._extension.load_deform_roi_pool_ext``, ``load_corner_pool_ext`` and
+``load_chamfer_2d_ext`` compile their extension with ``torch.utils.cpp_extension`` (ninja +
+nvcc; ninja is pinned in requirements.lock) the first time a CUDA tensor needs it, into
+``$DETLAB_CUDA_CACHE`` (default ``~/.cache/detlab/cuda_ops``), and fall back to the reference,
+with one logged warning, when CUDA, nvcc or the build is missing. ``DETLAB_DISABLE_CUDA_OPS=1``
+forces the references. ``python -m cuda_ops.build`` compiles all three ahead of use (``--op``
+for one), also without a GPU (sm_90 by default, ``TORCH_CUDA_ARCH_LIST`` or ``--arch`` to
+choose).
 """

@@ -1,11 +1,13 @@
 """Just-in-time build and lazy loading of the CUDA extensions of ``cuda_ops``.
 
-Two extensions, each with a loader and a build function:
+Three extensions, each with a loader and a build function:
 
 - ``deform_roi_pool`` (``csrc/deform_roi_pool{.cpp,_cuda.cu}``): ``load_deform_roi_pool_ext``
   / ``build_deform_roi_pool_ext``;
 - ``corner_pool`` (``csrc/corner_pool{.cpp,_cuda.cu}``): ``load_corner_pool_ext`` /
-  ``build_corner_pool_ext``.
+  ``build_corner_pool_ext``;
+- ``chamfer_2d`` (``csrc/chamfer_2d{.cpp,_cuda.cu}``): ``load_chamfer_2d_ext`` /
+  ``build_chamfer_2d_ext``.
 
 A loader compiles its extension with ``torch.utils.cpp_extension.load`` (ninja + nvcc) the
 first time it is called in a process and returns the module, or ``None`` when the kernels
@@ -21,15 +23,15 @@ cannot be used here; ``None`` means the caller runs the PyTorch reference. The o
 
 Builds go to ``$DETLAB_CUDA_CACHE`` (default ``$XDG_CACHE_HOME/detlab/cuda_ops`` or
 ``~/.cache/detlab/cuda_ops``) under ``torch-<version>/<archs>/<op>`` (``<op>`` is
-``deform_roi_pool`` or ``corner_pool``), so a torch upgrade or another GPU architecture
-builds afresh, and a second process (or a ``python -m cuda_ops.build`` run beforehand) only
-loads the cached library. The architectures are ``$TORCH_CUDA_ARCH_LIST`` when set, else
-those of the visible GPUs, else :data:`DEFAULT_ARCH_LIST` (H100/H200), so that the build
-works on a machine without a GPU.
+``deform_roi_pool``, ``corner_pool`` or ``chamfer_2d``), so a torch upgrade or another GPU
+architecture builds afresh, and a second process (or a ``python -m cuda_ops.build`` run
+beforehand) only loads the cached library. The architectures are ``$TORCH_CUDA_ARCH_LIST``
+when set, else those of the visible GPUs, else :data:`DEFAULT_ARCH_LIST` (H100/H200), so that
+the build works on a machine without a GPU.
 
-``build_deform_roi_pool_ext()`` / ``build_corner_pool_ext()`` (both ``build_ext(op)``) are
-the same build without the GPU requirement and without memoisation; they raise on failure
-(used by ``python -m cuda_ops.build`` and the build tests).
+``build_deform_roi_pool_ext()`` / ``build_corner_pool_ext()`` / ``build_chamfer_2d_ext()``
+(each ``build_ext(op)``) are the same build without the GPU requirement and without
+memoisation; they raise on failure (used by ``python -m cuda_ops.build`` and the build tests).
 """
 from __future__ import annotations
 
@@ -52,11 +54,13 @@ __all__ = [
     "DISABLE_ENV",
     "OPS",
     "BuildResult",
+    "build_chamfer_2d_ext",
     "build_corner_pool_ext",
     "build_deform_roi_pool_ext",
     "build_ext",
     "cuda_ops_disabled",
     "find_cuda_home",
+    "load_chamfer_2d_ext",
     "load_corner_pool_ext",
     "load_deform_roi_pool_ext",
     "resolve_arch_list",
@@ -83,12 +87,15 @@ OPS: dict[str, _Op] = {
                            (CSRC / "deform_roi_pool.cpp", CSRC / "deform_roi_pool_cuda.cu")),
     "corner_pool": _Op("detlab_corner_pool",
                        (CSRC / "corner_pool.cpp", CSRC / "corner_pool_cuda.cu")),
+    "chamfer_2d": _Op("detlab_chamfer_2d",
+                      (CSRC / "chamfer_2d.cpp", CSRC / "chamfer_2d_cuda.cu")),
 }
 # the deform_roi_pool names, kept for existing callers
 EXT_NAME = OPS["deform_roi_pool"].ext_name
 SOURCES = OPS["deform_roi_pool"].sources
 # no --use_fast_math: sample validity and floor/ceil corners (deform_roi_pool) and the NaN
 # tests of the running max (corner_pool) must follow IEEE arithmetic as the references' do
+# (chamfer_2d rounds its distances with explicit _rn intrinsics, unaffected by flags)
 EXTRA_CFLAGS = ["-O3"]
 EXTRA_CUDA_CFLAGS = ["-O3"]
 
@@ -249,6 +256,12 @@ def build_corner_pool_ext(arch_list: str | None = None, verbose: bool = False) -
     return build_ext("corner_pool", arch_list, verbose)
 
 
+def build_chamfer_2d_ext(arch_list: str | None = None, verbose: bool = False) -> BuildResult:
+    """Compile (or load from the cache) and import the 2-D Chamfer distance extension
+    (:func:`build_ext` for ``"chamfer_2d"``)."""
+    return build_ext("chamfer_2d", arch_list, verbose)
+
+
 def _load(op: str, build: Callable[[], BuildResult]) -> ModuleType | None:
     """The memoised loader behind ``load_<op>_ext``: ``build()`` on the first call of the
     process (when CUDA, a CUDA torch and nvcc are there), its module or ``None`` afterwards;
@@ -299,6 +312,12 @@ def load_corner_pool_ext() -> ModuleType | None:
     """The compiled corner pooling extension, built on the first call of the process, or
     ``None`` (use the PyTorch reference); see the module docstring."""
     return _load("corner_pool", lambda: build_corner_pool_ext())
+
+
+def load_chamfer_2d_ext() -> ModuleType | None:
+    """The compiled 2-D Chamfer distance extension, built on the first call of the process,
+    or ``None`` (use the PyTorch reference); see the module docstring."""
+    return _load("chamfer_2d", lambda: build_chamfer_2d_ext())
 
 
 def _reset_cache_for_tests() -> None:

@@ -1,15 +1,16 @@
 """Compile the ``cuda_ops`` CUDA extensions ahead of use, with or without a GPU.
 
 ``python -m cuda_ops.build`` builds (or finds up to date in the cache) the deformable RoI
-pooling and the corner pooling extensions (``--op`` picks one), imports each and prints where
-it went and how long it took. Without a visible GPU the architectures default to
-``$TORCH_CUDA_ARCH_LIST`` or ``9.0`` (H100/H200); the cache directory is the one the loaders
-(``load_deform_roi_pool_ext``, ``load_corner_pool_ext``) use on a GPU of that architecture,
-so a later run there only loads the library. Exit status 1 when a build fails (nvcc or ninja
-missing, compile error). Usage::
+pooling, the corner pooling and the 2-D Chamfer distance extensions (``--op`` picks one),
+imports each and prints where it went and how long it took. Without a visible GPU the
+architectures default to ``$TORCH_CUDA_ARCH_LIST`` or ``9.0`` (H100/H200); the cache directory
+is the one the loaders (``load_deform_roi_pool_ext``, ``load_corner_pool_ext``,
+``load_chamfer_2d_ext``) use on a GPU of that architecture, so a later run there only loads the
+library. Exit status 1 when a build fails (nvcc or ninja missing, compile error). Usage::
 
     .venv/bin/python -m cuda_ops.build                      # all ops, default archs, cached
     .venv/bin/python -m cuda_ops.build --op corner_pool     # one op
+    .venv/bin/python -m cuda_ops.build --op chamfer_2d
     .venv/bin/python -m cuda_ops.build --clean -v           # rebuild from scratch, show commands
     .venv/bin/python -m cuda_ops.build --arch "8.0;9.0"
 """
@@ -25,6 +26,7 @@ from cuda_ops._extension import OPS, build_dir_for, build_ext, resolve_arch_list
 FUNCTIONS = {
     "deform_roi_pool": ("forward", "backward_features", "backward_offsets"),
     "corner_pool": ("forward", "backward"),
+    "chamfer_2d": ("forward", "backward"),
 }
 
 
