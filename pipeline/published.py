@@ -20,6 +20,12 @@ PUBLISHED: dict[str, dict] = {
     "reppoints_v1_r50_fpn_giou_1x": {"source": "RepPointsV2 README, improved RepPoints V1, 12 epochs",
                                      "minival": 39.9, "test-dev": None},
     "reppoints_v2_r50_fpn_giou_1x": {"source": "RepPointsV2 README, 12 epochs", "minival": 41.1, "test-dev": 41.3},
+    "dense_reppoints_v1_r50_fpn_giou_1x": {"source": "RepPointsV2 README, Dense RepPoints V1, 12 epochs "
+                                           "(mask AP 34.2 minival / 34.5 test-dev)",
+                                           "minival": 40.9, "test-dev": 41.1},
+    "dense_reppoints_v2_r50_fpn_giou_1x": {"source": "RepPointsV2 README, Dense RepPoints V2, 12 epochs "
+                                           "(mask AP 35.1 minival / 35.4 test-dev)",
+                                           "minival": 41.5, "test-dev": 41.6},
     "grid_rcnn_r50_fpn_2x": {"source": "mmdetection README, Grid R-CNN R-50 2x (specs/cpm_rcnn.md §1.9)",
                              "minival": 40.4, "test-dev": None},
     "cpm_rcnn_r50_fpn": {"source": "CPM R-CNN README, R-50-FPN 2x (specs/cpm_rcnn.md §4.1)",
@@ -35,6 +41,12 @@ REPPOINTS_SEED_NOTES: list[str] = [
     "MNV2: MobileNetV2, trained with SyncBN and the GIoU loss by default",
 ]
 
+#: The seed's footnotes that apply to its two Dense RepPoints tables.
+DENSE_REPPOINTS_SEED_NOTES: list[str] = [
+    "GIoU: GIoU loss instead of smooth-L1 for the regression branch",
+    "1x / 3x: 12 / 36 epochs; MS (multi-scale) training draws the shorter image side from [480, 960]",
+]
+
 #: The papers' own result tables (from ``shared/seeds/``), regenerated with our numbers beside
 #: the published ones. Each row names the preset whose runs fill "ours" and the COCO task
 #: (``bbox`` or ``segm``) its AP is read from; the published values (``validation`` = minival,
@@ -45,6 +57,12 @@ REPPOINTS_SEED_NOTES: list[str] = [
 #: names and ``split_headings`` (default ``["validation", "test-dev"]``) name the two AP
 #: columns, each shown once as "Ours: ..." and once as "Paper: ...". ``notes`` are the seed's
 #: footnotes kept under the table; a row's ``note`` is numbered beside its name.
+#:
+#: A table whose rows give AP for several tasks at once (Dense RepPoints: box and mask AP,
+#: each as minival/test-dev) lists them in ``tasks``, ``(task, heading)`` pairs; each such row
+#: holds, under each task, the published ``(minival, test-dev)`` pair instead of ``task`` /
+#: ``validation`` / ``test-dev``, and each task gets one "Ours: <heading>" and one
+#: "Paper: <heading>" column whose cells read "minival / test-dev".
 PAPER_TABLES: list[dict] = [
     {
         "title": "D2Det",
@@ -119,6 +137,38 @@ PAPER_TABLES: list[dict] = [
              "preset": "reppoints_v1_mnv2_fpn_giou_mstrain_2x", "task": "bbox", "validation": 37.8, "test-dev": None},
         ],
         "notes": REPPOINTS_SEED_NOTES,
+    },
+    {  # the seed's "Dense Reppoints V2": box and mask AP, minival/test-dev ("---" -> None)
+        "title": "Dense RepPoints V2",
+        "source": "official RepPointsV2 README (Scalsol/RepPointsV2), the seed table",
+        "name_heading": "Model",
+        "columns": ["MS training"],
+        "tasks": [("bbox", "bbox AP (minival/test-dev)"), ("segm", "mask AP (minival/test-dev)")],
+        "rows": [
+            {"name": "Dense_RepPoints_V2_R_50_FPN_1x", "MS training": "No",
+             "preset": "dense_reppoints_v2_r50_fpn_1x", "bbox": (40.5, None), "segm": (34.8, None)},
+            {"name": "Dense_RepPoints_V2_R_50_FPN_GIoU_1x", "MS training": "No",
+             "preset": "dense_reppoints_v2_r50_fpn_giou_1x", "bbox": (41.5, 41.6), "segm": (35.1, 35.4)},
+            {"name": "Dense_RepPoints_V2_R_50_FPN_GIoU_3x", "MS training": "Yes",
+             "preset": "dense_reppoints_v2_r50_fpn_giou_mstrain_3x", "bbox": (45.2, 45.9), "segm": (38.3, 39.0)},
+        ],
+        "notes": DENSE_REPPOINTS_SEED_NOTES,
+    },
+    {  # the seed's "Dense Reppoints V1"
+        "title": "Dense RepPoints V1",
+        "source": "official RepPointsV2 README (Scalsol/RepPointsV2), the seed table",
+        "name_heading": "Model",
+        "columns": ["MS training"],
+        "tasks": [("bbox", "bbox AP (minival/test-dev)"), ("segm", "mask AP (minival/test-dev)")],
+        "rows": [
+            {"name": "Dense_RepPoints_V1_R_50_FPN_1x", "MS training": "No",
+             "preset": "dense_reppoints_v1_r50_fpn_1x", "bbox": (39.9, None), "segm": (33.7, None)},
+            {"name": "Dense_RepPoints_V1_R_50_FPN_GIoU_1x", "MS training": "No",
+             "preset": "dense_reppoints_v1_r50_fpn_giou_1x", "bbox": (40.9, 41.1), "segm": (34.2, 34.5)},
+            {"name": "Dense_RepPoints_V1_R_50_FPN_GIoU_3x", "MS training": "Yes",
+             "preset": "dense_reppoints_v1_r50_fpn_giou_mstrain_3x", "bbox": (44.5, 45.0), "segm": (37.4, 38.0)},
+        ],
+        "notes": DENSE_REPPOINTS_SEED_NOTES,
     },
 ]
 

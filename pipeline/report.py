@@ -11,7 +11,8 @@ Models evaluated with RepPoints V2's corner snapping flipped as well (the metric
 ``"variants"``, an MLflow run with ``split=minival/corner_snapping_off``) get a table of
 their own, checked the same way; it is left out when no model has that variant.
 
-The papers' tables follow the model table; CPM R-CNN's are its test-dev table (filled from
+The papers' tables follow the model table (Dense RepPoints' with box and mask AP, the latter
+read from the runs' ``segm`` numbers); CPM R-CNN's are its test-dev table (filled from
 ``models`` runs of the row's preset) and its component-wise table (filled from ``ablations``
 runs of ``cpm_rcnn_r50_fpn`` by the module switches of their resolved configuration), with a
 computed line on whether our ablation orders the same way as the paper's. Ablation runs are
@@ -217,7 +218,11 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     (box or mask) is read on minival ("validation") and on test-dev where it was scored.
     The spec's ``columns`` (e.g. ``["type"]``) are the paper's descriptive columns, copied from
     each row; ``name_heading`` and ``split_headings`` name the row-name and the AP columns.
+    A spec with ``tasks`` (several AP per row, e.g. box and mask) is drawn by
+    :func:`paper_tasks_table`.
     """
+    if spec.get("tasks"):
+        return paper_tasks_table(spec, rows)
     by_model = by_model_split(rows)
     columns = list(spec.get("columns", []))
     val_heading, test_heading = spec.get("split_headings", ["validation", "test-dev"])
@@ -252,6 +257,13 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             measured = "; ".join(r["dataset"] for r in (mv, td) if r)
             lines.append(f"| {name} |{described} {v} | {t} | {model} ({any_row.get('scale')}) | {measured} "
                          f"| {pub_v} | {pub_t} |")
+    lines.extend(_paper_notes(spec, notes))
+    return "\n".join(lines)
+
+
+def _paper_notes(spec: dict[str, Any], notes: list[str]) -> list[str]:
+    """The lines under a paper table: its rows' numbered notes, then the seed's notes."""
+    lines = []
     for i, note in enumerate(notes, 1):
         lines.append("")
         lines.append(f"[{i}] {note}.")
@@ -259,6 +271,55 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         lines.append("")
         lines.append("The README's notes:")
         lines.extend(f"- {note}." for note in spec["notes"])
+    return lines
+
+
+def paper_tasks_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A paper table whose rows give AP for several tasks (``spec["tasks"]``, ``(task, heading)``
+    pairs, e.g. Dense RepPoints' box and mask AP), each cell "minival / test-dev".
+
+    As in :func:`paper_table`, a paper row gets one line per model of ours (``models``) trained
+    from its preset, or one line saying it was not run. Per task our cell reads the run's AP of
+    that COCO task (``bbox`` or ``segm``) on minival and on test-dev ("not scored" where test-dev
+    was not scored, "–" where the split or the task is missing); the paper's cell the row's
+    published ``(minival, test-dev)`` pair, "–" where the seed prints "---".
+    """
+    by_model = by_model_split(rows)
+    columns = list(spec.get("columns", []))
+    tasks = list(spec["tasks"])
+    headings = [spec.get("name_heading", "name"), *columns, *(f"Ours: {h}" for _, h in tasks),
+                "Our model (scale)", "Measured on", *(f"Paper: {h}" for _, h in tasks)]
+    lines = [
+        f"**{spec['title']}** (published: {spec['source']})",
+        "",
+        "| " + " | ".join(headings) + " |",
+        "|---|" + "---|" * len(columns) + ":-:|" * len(tasks) + "---|---|" + ":-:|" * len(tasks),
+    ]
+    notes = []
+    for row in spec["rows"]:
+        paper = "".join(f" {_pub(row[task][0])} / {_pub(row[task][1])} |" for task, _ in tasks)
+        name = row["name"]
+        if row.get("note"):
+            notes.append(row["note"])
+            name += f" [{len(notes)}]"
+        described = "".join(f" {row.get(col, '–')} |" for col in columns)
+        ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
+                == row["preset"]]
+        if not ours:
+            lines.append(f"| {name} |{described}" + " not run |" * len(tasks) + f" – | – |{paper}")
+            continue
+        for model, splits in ours:
+            mv, td = splits.get("minival", {}), splits.get("test-dev", {})
+            any_row = mv or td
+            cells = []
+            for task, _ in tasks:
+                v = fmt(mv.get(task, {}).get("AP")) if mv else "–"
+                t = (fmt(td.get(task, {}).get("AP")) if td.get("scored") else "not scored") if td else "–"
+                cells.append(f" {v} / {t} |")
+            measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+            lines.append(f"| {name} |{described}{''.join(cells)} {model} ({any_row.get('scale')}) | {measured} "
+                         f"|{paper}")
+    lines.extend(_paper_notes(spec, notes))
     return "\n".join(lines)
 
 

@@ -272,3 +272,125 @@ def test_the_corner_snapping_variant_is_cross_checked(tmp_path):
     log_variant("rpv2_bad", stats_with(0.36))
     with pytest.raises(ReportError, match="variants.corner_snapping_off.bbox AP .* disagree"):
         collect(p, metrics)
+
+
+# ------------------------------------------------------------------ Dense RepPoints (box and mask AP)
+def log_eval_segm(model, split, bbox, segm, dataset):
+    tags = {"model": model, "stage": "evaluate", "split": split, "scale": "cpu", "dataset": dataset}
+    time.sleep(0.01)
+    with Tracker(f"evaluate/{model}/{split}", tags) as t:
+        t.log_metrics({**{f"bbox_{k}": v for k, v in bbox.items()}, **{f"segm_{k}": v for k, v in segm.items()}})
+
+
+def write_metrics_segm(root, model, split, bbox, segm, dataset, scored=True):
+    d = root / model
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{split}.json").write_text(json.dumps({"bbox": bbox, "segm": segm, "dataset": dataset, "scored": scored}))
+
+
+def dense_params():
+    return {"models": {"dense_reppoints_v1_r50_fpn_giou": {"preset": "dense_reppoints_v1_r50_fpn_giou_1x",
+                                                           "scale": "cpu"},
+                       "dense_reppoints_v2_r50_fpn_giou": {"preset": "dense_reppoints_v2_r50_fpn_giou_1x",
+                                                           "scale": "cpu"}},
+            "evaluate": {"splits": ["minival", "test-dev"]}}
+
+
+DENSE_V2_TABLE = """\
+**Dense RepPoints V2** (published: official RepPointsV2 README (Scalsol/RepPointsV2), the seed table)
+
+| Model | MS training | Ours: bbox AP (minival/test-dev) | Ours: mask AP (minival/test-dev) | Our model (scale) | Measured on | Paper: bbox AP (minival/test-dev) | Paper: mask AP (minival/test-dev) |
+|---|---|:-:|:-:|---|---|:-:|:-:|
+| Dense_RepPoints_V2_R_50_FPN_1x | No | not run | not run | – | – | 40.5 / – | 34.8 / – |
+| Dense_RepPoints_V2_R_50_FPN_GIoU_1x | No | 31.2 / 30.1 | 22.2 / 21.9 | dense_reppoints_v2_r50_fpn_giou (cpu) | synthetic minival (200 images); synthetic test-dev (200 images) | 41.5 / 41.6 | 35.1 / 35.4 |
+| Dense_RepPoints_V2_R_50_FPN_GIoU_3x | Yes | not run | not run | – | – | 45.2 / 45.9 | 38.3 / 39.0 |
+
+The README's notes:
+- GIoU: GIoU loss instead of smooth-L1 for the regression branch.
+- 1x / 3x: 12 / 36 epochs; MS (multi-scale) training draws the shorter image side from [480, 960]."""
+
+
+def test_the_dense_reppoints_tables_from_mlflow_box_and_mask(tmp_path):
+    metrics = tmp_path / "metrics"
+    aps = {"dense_reppoints_v2_r50_fpn_giou": {"minival": (0.3123, 0.2222), "test-dev": (0.3011, 0.2188)},
+           "dense_reppoints_v1_r50_fpn_giou": {"minival": (0.2951, 0.2049), "test-dev": (0.2876, 0.1950)}}
+    for model, by_split in aps.items():
+        for split, (box, mask) in by_split.items():
+            dataset = f"synthetic {split} (200 images)"
+            log_eval_segm(model, split, stats_with(box), stats_with(mask), dataset)
+            write_metrics_segm(metrics, model, split, stats_with(box), stats_with(mask), dataset)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n{BEGIN}\n{END}\n")
+    md = write_report(dense_params(), readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics,
+                      checkpoint_root=None)
+    text = readme.read_text()
+    for out in (md, text):
+        # in both places, right after the RepPoints tables and before CPM R-CNN's
+        assert DENSE_V2_TABLE in out
+        assert (out.index("**RepPoints V1**") < out.index("**Dense RepPoints V2**")
+                < out.index("**Dense RepPoints V1**") < out.index("**CPM R-CNN on COCO test-dev**"))
+    v1 = text.split("**Dense RepPoints V1**")[1].split("\n\n**")[0]
+    body = [cells(l) for l in v1.splitlines() if l.startswith("| Dense_")]
+    measured = "synthetic minival (200 images); synthetic test-dev (200 images)"
+    assert body == [
+        ["Dense_RepPoints_V1_R_50_FPN_1x", "No", "not run", "not run", "–", "–", "39.9 / –", "33.7 / –"],
+        ["Dense_RepPoints_V1_R_50_FPN_GIoU_1x", "No", "29.5 / 28.8", "20.5 / 19.5",
+         "dense_reppoints_v1_r50_fpn_giou (cpu)", measured, "40.9 / 41.1", "34.2 / 34.5"],
+        ["Dense_RepPoints_V1_R_50_FPN_GIoU_3x", "Yes", "not run", "not run", "–", "–", "44.5 / 45.0", "37.4 / 38.0"],
+    ]
+    # the main table: our box and mask AP, the published box AP of the preset
+    row = cells(next(l for l in text.splitlines() if l.startswith("| dense_reppoints_v2_r50_fpn_giou |")))
+    assert row[4] == "22.2" and row[5] == "30.1" and row[7:9] == ["41.5", "41.6"] and "mask AP 35.1" in row[9]
+
+
+@pytest.mark.parametrize("title,expected", [
+    ("Dense RepPoints V2", [
+        ("Dense_RepPoints_V2_R_50_FPN_1x", "No", "40.5 / –", "34.8 / –"),
+        ("Dense_RepPoints_V2_R_50_FPN_GIoU_1x", "No", "41.5 / 41.6", "35.1 / 35.4"),
+        ("Dense_RepPoints_V2_R_50_FPN_GIoU_3x", "Yes", "45.2 / 45.9", "38.3 / 39.0"),
+    ]),
+    ("Dense RepPoints V1", [
+        ("Dense_RepPoints_V1_R_50_FPN_1x", "No", "39.9 / –", "33.7 / –"),
+        ("Dense_RepPoints_V1_R_50_FPN_GIoU_1x", "No", "40.9 / 41.1", "34.2 / 34.5"),
+        ("Dense_RepPoints_V1_R_50_FPN_GIoU_3x", "Yes", "44.5 / 45.0", "37.4 / 38.0"),
+    ]),
+])
+def test_the_dense_reppoints_tables_show_the_seed_numbers_beside_not_run(title, expected):
+    from pipeline.report import paper_table
+
+    lines = paper_table(spec(title), D2DET_ROWS).splitlines()
+    assert lines[0] == f"**{title}** (published: official RepPointsV2 README (Scalsol/RepPointsV2), the seed table)"
+    assert cells(lines[2]) == ["Model", "MS training", "Ours: bbox AP (minival/test-dev)",
+                               "Ours: mask AP (minival/test-dev)", "Our model (scale)", "Measured on",
+                               "Paper: bbox AP (minival/test-dev)", "Paper: mask AP (minival/test-dev)"]
+    assert lines[3] == "|---|---|:-:|:-:|---|---|:-:|:-:|"
+    assert [cells(l) for l in lines[4:7]] == [[n, ms, "not run", "not run", "–", "–", box, mask]
+                                             for n, ms, box, mask in expected]
+    assert lines[7] == ""
+    v = "v2" if title.endswith("V2") else "v1"
+    assert [r["preset"] for r in spec(title)["rows"]] == [
+        f"dense_reppoints_{v}_r50_fpn_1x", f"dense_reppoints_{v}_r50_fpn_giou_1x",
+        f"dense_reppoints_{v}_r50_fpn_giou_mstrain_3x"]
+
+
+def test_a_dense_row_without_test_dev_scores_or_masks():
+    from pipeline.report import paper_table
+
+    rows = [{"model": "dense_box_only", "preset": "dense_reppoints_v2_r50_fpn_1x", "scale": "cpu",
+             "split": "minival", "dataset": "synthetic minival (8 images)", "scored": True, "bbox": {"AP": 0.25}},
+            {"model": "dense_box_only", "preset": "dense_reppoints_v2_r50_fpn_1x", "scale": "cpu",
+             "split": "test-dev", "dataset": "coco test-dev", "scored": False}]
+    line = next(l for l in paper_table(spec("Dense RepPoints V2"), rows).splitlines()
+                if l.startswith("| Dense_RepPoints_V2_R_50_FPN_1x |"))
+    assert cells(line) == ["Dense_RepPoints_V2_R_50_FPN_1x", "No", "25.0 / not scored", "– / not scored",
+                           "dense_box_only (cpu)", "synthetic minival (8 images); coco test-dev",
+                           "40.5 / –", "34.8 / –"]
+
+
+def test_published_dense_reppoints_entries():
+    from pipeline.published import PUBLISHED
+
+    assert (PUBLISHED["dense_reppoints_v2_r50_fpn_giou_1x"]["minival"],
+            PUBLISHED["dense_reppoints_v2_r50_fpn_giou_1x"]["test-dev"]) == (41.5, 41.6)
+    assert (PUBLISHED["dense_reppoints_v1_r50_fpn_giou_1x"]["minival"],
+            PUBLISHED["dense_reppoints_v1_r50_fpn_giou_1x"]["test-dev"]) == (40.9, 41.1)
