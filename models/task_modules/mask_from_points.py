@@ -31,6 +31,52 @@ Decisions:
 * Non-finite points/scores are dropped. If the triangulation is degenerate (e.g. a box one pixel
   wide, where the anchors are collinear) the scores are interpolated with
   ``method="nearest"`` instead of failing.
+
+Our mask step: :func:`points_to_box_score_maps`
+-----------------------------------------------
+
+The detector does not call :func:`points_to_mask`. It returns ``masks`` float [K, 1, M, M]
+(probabilities in box coordinates, cell ``i`` covering ``[x1 + i w / M, x1 + (i + 1) w / M)``),
+which :func:`pipeline.evaluation.paste_masks` pastes bilinearly and thresholds at 0.5, like
+every other mask model here. :func:`points_to_box_score_maps` computes those maps for all
+detections at once. It is the same interpolant as the reference (Delaunay triangulation of the
+points plus 4 corner anchors with score 0, barycentric interpolation, 0 outside the hull); it
+differs only in *where* it is evaluated: at the ``M x M`` cell centres of the box, then pasted
+bilinearly, instead of at every image pixel of the box. Decisions:
+
+* **Frame**: ``u = (x - x1) / w * M - 0.5``, ``v`` likewise, so cell centre ``(i, j)`` is the
+  integer node ``(i, j)`` (``x = x1 + (i + 0.5) w / M``). ``w, h`` are floored at
+  :data:`MIN_BOX_SIDE` (1e-3 px) so a zero-size box gives finite coordinates.
+* **Anchors** are the box corners themselves, ``(-0.5, -0.5) .. (M - 0.5, M - 0.5)`` in that
+  frame (:func:`box_cell_anchors`): the corrected corner set of the reference in continuous
+  coordinates, independent of M. The reference's anchors sit on the centres of the corner
+  pixels, which is the box corner to within half a pixel; at cell resolution the corner cell
+  centre would be half a cell (several pixels for a large box) inside. With the anchors at the
+  box corners the hull contains the whole box whenever the points lie in it (the minmax box),
+  so "0 outside the hull" only matters for points outside a caller's box.
+* **Batched**: only the triangulation is per detection (``scipy.spatial.Delaunay``, i.e. Qhull,
+  the same call ``griddata`` makes, in a thread pool: Qhull releases the GIL). The
+  rasterisation of all triangles of all detections is one torch computation on the input
+  device (:func:`_rasterise`: scanline over the rows of each triangle's bounding box, ragged
+  expansion with ``repeat_interleave``, barycentric tolerance :data:`BARY_TOL`), float64
+  throughout. Result: the ``griddata`` values on the same grid (:func:`box_score_maps_loop`),
+  equal to ~1e-12 (float32 output).
+* **Degenerate input**: non-finite points (or scores) are dropped. Because the 4 anchors always
+  span the box square, Qhull gets a non-degenerate input even for collinear points, a single
+  point, no finite point (map 0) or a zero-size box; should Qhull still fail, that detection
+  falls back to the nearest vertex's score (like :func:`box_score_map`). ``K = 0`` gives
+  ``[0, M, M]``.
+* **Grid size M**: the function's default is 28; the Dense RepPoints presets use 56 (the DTS
+  crop size, ``test.mask_out_size``). Measured on 300 DTS point sets of discs, squares,
+  ellipses, L shapes and stars (log-uniform sizes 12-400 px in an 800 x 1333 image, point score
+  = GT at the point), mean mask IoU with the GT after an exact bilinear paste at the pixel
+  centres (what :func:`pipeline.evaluation.paste_masks` does): M=28 0.983, M=56 0.986 (small
+  objects 0.991 / 0.995), against 0.982 for the reference :func:`points_to_mask`, i.e. the maps
+  lose nothing against the reference. (With torchvision's ``paste_masks_in_image``, which the
+  evaluation used before and which truncates boxes to whole pixels and pastes one pixel too
+  wide, the same sets gave 0.956 at M=28 and 0.934 at M=56, the loss on small boxes.) For 100
+  detections of 729 points on one core the rasterisation took 40 ms at M=28 and 55 ms at
+  M=56; the triangulation (~150 ms) does not depend on M.
 """
 from __future__ import annotations
 
@@ -104,13 +150,13 @@ def points_to_mask(points: np.ndarray, scores: np.ndarray, box: Sequence[float],
     return full
 
 
-# ---------------------------------------------------------------- batched mask step (M x M box cells)
+# ---------------------------------------------------------------- batched mask step (M x M cells)
 
 #: smallest box side (pixels) used for the box-normalised frame
 MIN_BOX_SIDE = 1e-3
 #: barycentric tolerance of the inside test (dimensionless)
 BARY_TOL = 1e-9
-#: at most this many (triangle, grid node) candidate pairs are evaluated at once
+#: triangles are rasterised in chunks of at most about this many bounding-box nodes
 MAX_PAIRS_PER_CHUNK = 1 << 22
 
 
@@ -189,11 +235,12 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
     indices, ``tri_det`` [T] the detection of each triangle. Scanline rasterisation, batched
     over all triangles of all detections:
 
-    1. per triangle: its plane ``value = gx x + gy y + c`` and, for each edge, the barycentric
-       coordinate of the opposite vertex as an affine function ``ex x + ey y + f`` of the node;
+    1. per triangle: its plane ``value = gx x + gy y + c`` and, per edge, the line
+       ``x = alpha y + beta`` where the barycentric coordinate of the opposite vertex is
+       ``-BARY_TOL``, sorted into lower and upper bounds of x;
     2. each triangle is expanded (``repeat_interleave``) into the grid rows of its bounding
-       box; per row the nodes with all three barycentric coordinates ``>= -BARY_TOL`` form an
-       interval of x given by three linear inequalities;
+       box; per row the nodes with all three barycentric coordinates ``>= -BARY_TOL`` are the
+       integer x between the largest lower and the smallest upper bound;
     3. the rows are expanded into those nodes, which get the plane's value and are written with
        ``scatter_reduce(amax)``.
 
@@ -233,14 +280,13 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
         dy = torch.where(dy == 0, torch.ones_like(dy), dy)
         alpha = dx / dy
         forms.append((alpha, px - alpha * py + (BARY_TOL * det) / dy))
-    packed = []
+    packed = []  # alpha, beta of: lower first, lower last, upper first, upper last
     for m0, m1, m2 in (lows, ups):
-        for k in (0, 1):  # first, last of this side
-            pick_a, pick_c = (m0, m2) if k == 0 else (m2, m0)
-            end_a, end_c = (forms[0], forms[2]) if k == 0 else (forms[2], forms[0])
-            for j in (0, 1):  # alpha, beta
-                packed.append(torch.where(pick_a, end_a[j],
-                                          torch.where(m1, forms[1][j], end_c[j])))
+        # first edge of this side (0 if it is one, else 1 if it is, else 2), then the last
+        packed += [torch.where(m0, forms[0][j], torch.where(m1, forms[1][j], forms[2][j]))
+                   for j in (0, 1)]
+        packed += [torch.where(m2, forms[2][j], torch.where(m1, forms[1][j], forms[0][j]))
+                   for j in (0, 1)]
     x_lo = torch.ceil(torch.minimum(torch.minimum(ax, bx), cx) - BARY_TOL).clamp_(min=0)
     x_hi = torch.floor(torch.maximum(torch.maximum(ax, bx), cx) + BARY_TOL).clamp_(max=m - 1)
     y_lo = torch.ceil(torch.minimum(torch.minimum(ay, by), cy) - BARY_TOL).clamp_(min=0)
@@ -282,7 +328,7 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
 
 
 def points_to_box_score_maps(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
-                             mask_size: int = 56, num_threads: int | None = None
+                             mask_size: int = 28, num_threads: int | None = None
                              ) -> torch.Tensor:
     """Interpolated point scores on each detection's ``M x M`` box cells, all detections at once.
 
@@ -334,7 +380,7 @@ def points_to_box_score_maps(points: torch.Tensor, scores: torch.Tensor, boxes: 
 
 
 def box_score_maps_loop(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
-                        mask_size: int = 56) -> torch.Tensor:
+                        mask_size: int = 28) -> torch.Tensor:
     """Per-detection peer of :func:`points_to_box_score_maps`: the same cell frame, anchors and
     grid, one :func:`box_score_map` (``scipy.interpolate.griddata``) call per detection.
     float32 [K, M, M] on the device of ``points``."""
