@@ -116,7 +116,25 @@ def test_masks_are_pasted_and_rle_encoded(tmp_path):
     m = mask_util.decode({"size": segm[0]["segmentation"]["size"], "counts": segm[0]["segmentation"]["counts"].encode()})
     ys, xs = m.nonzero()
     assert m.shape == (64, 64)
-    assert abs(xs.min() - 10) <= 1 and abs(xs.max() - 49) <= 1 and abs(ys.min() - 10) <= 1 and abs(ys.max() - 29) <= 1
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (10, 49, 10, 29)  # pixels whose centre is in the box
+    assert m.sum() == 40 * 20
+
+
+def test_paste_samples_the_exact_fractional_box_at_pixel_centres():
+    from pipeline.evaluation import paste_masks
+
+    # left half of the mask on: cells 0..13 of 28 cover x in [4.25, 4.25 + 14 * 20 / 28) = [4.25, 14.25)
+    probs = torch.zeros(2, 1, 28, 28)
+    probs[0, 0, :, :14] = 1.0
+    probs[1, 0] = 1.0
+    boxes = torch.tensor([[4.25, 2.0, 24.25, 12.0], [30.0, 30.0, 31.0, 31.0]])
+    pasted = paste_masks(probs, boxes, (40, 40))
+    cols = pasted[0].any(0).nonzero()[0]
+    rows = pasted[0].any(1).nonzero()[0]
+    # the pixels whose centres 4.5 .. 13.5 lie in [4.25, 14.25); 14.5 is 0.35 cells past the cut (0.15)
+    assert (cols.min(), cols.max()) == (4, 13) and (rows.min(), rows.max()) == (2, 11)
+    assert pasted[1].sum() == 1 and pasted[1, 30, 30] == 1  # a one-pixel box keeps its pixel
+    assert paste_masks(probs[:0], boxes[:0], (5, 5)).shape == (0, 5, 5)
 
 
 def test_submission_file_and_zip(tmp_path):
