@@ -27,6 +27,14 @@ main numbers were measured with), their detections to
 ``results/<model>/minival_corner_snapping_off_bbox.json``, and into an MLflow run tagged
 ``split=minival/corner_snapping_off``, ``variant=corner_snapping_off`` -- a split value of its
 own, so the lookup of the main minival run never picks it up.
+
+The same goes for every switch of :data:`SNAPPING_SWITCHES` the head has: Dense RepPoints V2's
+``contour_snapping`` (snapped contour points added to each detection's point set before its
+mask is built; boxes and scores do not change) gives ``"variants": {"contour_snapping_off":
+{...}}``, the top-level ``"contour_snapping"``, ``results/<model>/minival_contour_snapping_off_*.json``
+and an MLflow run tagged ``split=minival/contour_snapping_off``, ``variant=contour_snapping_off``,
+``contour_snapping=false``. A head with several switches gets one variant per switch, each
+flipping only its own switch.
 """
 from __future__ import annotations
 
@@ -102,8 +110,28 @@ def predict_split(
     return bbox, segm, (time.time() - start) / max(len(dataset), 1)
 
 
-#: Splits that models with a ``corner_snapping`` switch are also scored on with it flipped.
+#: Splits that models with a snapping switch (:data:`SNAPPING_SWITCHES`) are also scored on
+#: with it flipped.
 VARIANT_SPLITS = ("minival",)
+
+#: Bool attributes of ``model.bbox_head`` that are inference-time switches worth scoring both
+#: ways: RepPoints V2's ``corner_snapping`` (joint inference; moves boxes) and Dense RepPoints
+#: V2's ``contour_snapping`` (snapped contour points in the mask step; moves masks only).
+SNAPPING_SWITCHES = ("corner_snapping", "contour_snapping")
+
+
+def switch_variant(model: torch.nn.Module, switch: str) -> tuple[str, bool] | None:
+    """``(variant name, switch value)`` for the evaluation of ``model`` with its head's
+    ``switch`` flipped, or None when the model has no ``bbox_head`` or the head no such switch.
+
+    The variant is the opposite of the model's default, named by the value it uses:
+    ``<switch>_off`` when the default is on, ``<switch>_on`` otherwise.
+    """
+    head = getattr(model, "bbox_head", None)
+    if head is None or not hasattr(head, switch):
+        return None
+    value = not bool(getattr(head, switch))
+    return f"{switch}_{'on' if value else 'off'}", value
 
 
 def corner_snapping_variant(model: torch.nn.Module) -> tuple[str, bool] | None:
@@ -113,11 +141,22 @@ def corner_snapping_variant(model: torch.nn.Module) -> tuple[str, bool] | None:
     opposite of the model's default, named by the value it uses: ``corner_snapping_off`` for
     the usual default (on), ``corner_snapping_on`` otherwise.
     """
-    head = getattr(model, "bbox_head", None)
-    if head is None or not hasattr(head, "corner_snapping"):
-        return None
-    value = not bool(head.corner_snapping)
-    return f"corner_snapping_{'on' if value else 'off'}", value
+    return switch_variant(model, "corner_snapping")
+
+
+def snapping_variants(model: torch.nn.Module) -> list[tuple[str, bool]]:
+    """One :func:`switch_variant` per switch of :data:`SNAPPING_SWITCHES` the model's head has,
+    in that order (in practice at most one)."""
+    return [v for v in (switch_variant(model, s) for s in SNAPPING_SWITCHES) if v is not None]
+
+
+def variant_switch(variant: str) -> str | None:
+    """The switch a variant name flips (``contour_snapping_off`` -> ``contour_snapping``), or
+    None when the name is not ``<switch>_on`` / ``<switch>_off`` of :data:`SNAPPING_SWITCHES`."""
+    for switch in SNAPPING_SWITCHES:
+        if variant in (f"{switch}_on", f"{switch}_off"):
+            return switch
+    return None
 
 
 def variant_split(split_name: str, variant: str) -> str:
@@ -170,17 +209,22 @@ def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any]
 def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset, cat_ids: list[int],
                      device: torch.device, gt, image_ids: list[int] | None, results_dir: Path, label: str,
                      split_name: str, predict_kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """Predict and score ``dataset`` once more with ``bbox_head.corner_snapping`` set to the
-    variant's value (restored afterwards); write its detections to
-    ``results/<model>/<split>_<variant>_<task>.json``. Returns (its metrics, seconds per image)."""
+    """Predict and score ``dataset`` once more with the variant's switch (``bbox_head.corner_snapping``
+    for ``corner_snapping_off``, ``bbox_head.contour_snapping`` for ``contour_snapping_off``, ...)
+    set to the variant's value (restored afterwards); write its detections to
+    ``results/<model>/<split>_<variant>_<task>.json``. Returns (its metrics, with the value under
+    the switch's key, and seconds per image)."""
     name, value = variant
-    with attribute_set(model.bbox_head, "corner_snapping", value):
+    switch = variant_switch(name)
+    if switch is None:
+        raise ValueError(f"variant {name!r} names none of the switches {SNAPPING_SWITCHES}")
+    with attribute_set(model.bbox_head, switch, value):
         bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{label} {name}",
                                                 **predict_kwargs)
     write_results(bbox, results_dir / f"{split_name}_{name}_bbox.json")
     if segm:
         write_results(segm, results_dir / f"{split_name}_{name}_segm.json")
-    metrics: dict[str, Any] = {"corner_snapping": value, "num_detections": len(bbox),
+    metrics: dict[str, Any] = {switch: value, "num_detections": len(bbox),
                                "seconds_per_image": round(sec_per_img, 4)}
     for iou_type, (stats, _, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
         metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
@@ -208,7 +252,7 @@ def evaluate_model(
     max_dets = int(ev_cfg.get("max_dets", 100))
     results_dir = Path(results_root) / model_name
     results_dir.mkdir(parents=True, exist_ok=True)
-    variant = corner_snapping_variant(model)
+    variants = snapping_variants(model)
     all_metrics: dict[str, dict[str, Any]] = {}
     for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
         split = manifest.split(split_name)
@@ -243,8 +287,8 @@ def evaluate_model(
             "device": str(device),
             "scored": bool(split.has_annotations),
         }
-        variant_metrics: dict[str, Any] | None = None
-        v_sec = 0.0
+        # (variant name, switch value, its metrics, its seconds per image) per variant scored
+        variant_runs: list[tuple[str, bool, dict[str, Any], float]] = []
         if split.has_annotations:
             gt = load_coco_quietly(split.ann_file)
             image_ids = [int(i) for i in dataset.ids] if hasattr(dataset, "ids") else None
@@ -259,13 +303,16 @@ def evaluate_model(
                     plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
                                                      f"{dataset_description(manifest, split_name, len(dataset))}")
                     files += [csv_path, png_path]
-            if variant is not None and split_name in VARIANT_SPLITS:
-                variant_metrics, v_sec = evaluate_variant(
-                    model, variant, dataset, cat_ids, device, gt, image_ids,
-                    results_dir, f"{model_name} {split_name}", split_name, predict_kwargs,
-                )
-                metrics["corner_snapping"] = not variant[1]
-                metrics["variants"] = {variant[0]: variant_metrics}
+            if variants and split_name in VARIANT_SPLITS:
+                for variant in variants:
+                    variant_metrics, v_sec = evaluate_variant(
+                        model, variant, dataset, cat_ids, device, gt, image_ids,
+                        results_dir, f"{model_name} {split_name}", split_name, predict_kwargs,
+                    )
+                    variant_runs.append((variant[0], variant[1], variant_metrics, v_sec))
+                for name, value in variants:  # the defaults the main numbers were measured with
+                    metrics[variant_switch(name)] = not value
+                metrics["variants"] = {name: v_metrics for name, _, v_metrics, _ in variant_runs}
         else:
             metrics["reason"] = "no annotations for this split (real COCO test-dev): submit the zip to the COCO server"
         out = Path(metrics_root) / model_name / f"{split_name}.json"
@@ -281,16 +328,16 @@ def evaluate_model(
             "dataset": metrics["dataset"],
             "scored": str(metrics["scored"]).lower(),
         }
-        if variant is not None:
-            tags["corner_snapping"] = str(not variant[1]).lower()
+        for name, value in variants:
+            tags[variant_switch(name)] = str(not value).lower()
         artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]
         log_evaluate_run(f"evaluate/{model_name}/{split_name}", tags, ev_cfg, cfg, state, metrics, sec_per_img,
                          artifacts, track)
-        if variant_metrics is not None:
-            variant_name, value = variant
+        for variant_name, value, variant_metrics, v_sec in variant_runs:
             v_split = variant_split(split_name, variant_name)
             log_evaluate_run(f"evaluate/{model_name}/{v_split}",
-                             {**tags, "split": v_split, "variant": variant_name, "corner_snapping": str(value).lower()},
+                             {**tags, "split": v_split, "variant": variant_name,
+                              variant_switch(variant_name): str(value).lower()},
                              ev_cfg, cfg, state, variant_metrics, v_sec, [out], track)
     return all_metrics
 

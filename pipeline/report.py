@@ -9,7 +9,9 @@ and the stage fails, naming both), then writes ``reports/results.md`` and rewrit
 README's results table between ``<!-- results:begin -->`` and ``<!-- results:end -->``.
 Models evaluated with RepPoints V2's corner snapping flipped as well (the metrics file's
 ``"variants"``, an MLflow run with ``split=minival/corner_snapping_off``) get a table of
-their own, checked the same way; it is left out when no model has that variant.
+their own, checked the same way; it is left out when no model has that variant. Likewise
+Dense RepPoints V2 models evaluated with contour snapping flipped (``split=minival/contour_snapping_off``)
+get a table of their mask AP on and off, right after it.
 
 The papers' tables follow the model table (Dense RepPoints' with box and mask AP, the latter
 read from the runs' ``segm`` numbers); CPM R-CNN's are its test-dev table (filled from
@@ -34,7 +36,7 @@ from typing import Any
 
 from pipeline.checkpoint import atomic_write_text
 from pipeline.config import load_params, resolve_model_config, run_entries
-from pipeline.evaluate import variant_split
+from pipeline.evaluate import SNAPPING_SWITCHES, variant_split, variant_switch
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
@@ -100,9 +102,11 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
     ablation's record also carries ``record["modules"]``, the CPM module switches
     (``with_cmm``/``with_ism``/``with_rsm``) of its resolved configuration, where it has them.
 
-    A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, under
-    ``"variants"`` in the metrics file) gets ``record["variants"][name]`` with the variant
-    run's numbers, checked the same way, and its ``corner_snapping`` value.
+    A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, Dense
+    RepPoints V2 with contour snapping flipped, under ``"variants"`` in the metrics file) gets
+    ``record["variants"][name]`` with the variant run's numbers, checked the same way, and its
+    switch's value under the switch's key (``corner_snapping``, ``contour_snapping``); the
+    record itself carries the metrics file's top-level default of each switch it has.
     """
     c = client()
     rows = []
@@ -131,11 +135,13 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
             for name, v_metrics in (file_metrics.get("variants") or {}).items():
                 v_split = variant_split(split, name)
                 v_run = newest_run_or_fail(c, model_name, v_split)
-                variant = {"run_id": v_run.info.run_id, "corner_snapping": v_metrics.get("corner_snapping")}
+                switch = variant_switch(name) or "corner_snapping"
+                variant = {"run_id": v_run.info.run_id, switch: v_metrics.get(switch)}
                 variant.update(checked_stats(v_run, v_metrics, path, model_name, v_split, where=f"variants.{name}."))
                 record.setdefault("variants", {})[name] = variant
-            if "corner_snapping" in file_metrics:
-                record["corner_snapping"] = file_metrics["corner_snapping"]
+            for switch in SNAPPING_SWITCHES:
+                if switch in file_metrics:
+                    record[switch] = file_metrics[switch]
             rows.append(record)
     return rows
 
@@ -440,6 +446,32 @@ def cpm_component_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_C
 
 
 SNAPPING_TITLE = "RepPoints V2 joint inference (corner snapping)"
+CONTOUR_SNAPPING_TITLE = "Dense RepPoints V2 contour snapping"
+
+
+def snapping_pairs(rows: list[dict[str, Any]], switch: str
+                   ) -> list[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """``(minival record, numbers with switch on, numbers with it off)`` for each minival record
+    with a ``<switch>_on`` / ``<switch>_off`` variant that carries the switch's value; one of
+    the two is the record itself (the model's default), the other the variant."""
+    out = []
+    for r in rows:
+        if r["split"] != "minival":
+            continue
+        for name, variant in (r.get("variants") or {}).items():
+            if not name.startswith(f"{switch}_") or variant.get(switch) is None:
+                continue
+            out.append((r, variant, r) if variant[switch] else (r, r, variant))
+    return out
+
+
+def _ap(numbers: dict[str, Any], task: str) -> float | None:
+    return numbers.get(task, {}).get("AP")
+
+
+def _difference(on: float | None, off: float | None) -> str:
+    """on - off in percent points with its sign, from the unrounded APs; '–' where one is missing."""
+    return "–" if on is None or off is None or on < 0 or off < 0 else f"{100 * (on - off):+.1f}"
 
 
 def corner_snapping_table(rows: list[dict[str, Any]]) -> str:
@@ -453,20 +485,40 @@ def corner_snapping_table(rows: list[dict[str, Any]]) -> str:
         "| Difference (on - off) | Measured on |",
         "|---|:-:|:-:|:-:|---|",
     ]
-    found = False
-    for r in rows:
-        if r["split"] != "minival":
-            continue
-        for name, variant in (r.get("variants") or {}).items():
-            if not name.startswith("corner_snapping_") or variant.get("corner_snapping") is None:
-                continue
-            found = True
-            main_ap = r.get("bbox", {}).get("AP")
-            variant_ap = variant.get("bbox", {}).get("AP")
-            on, off = (variant_ap, main_ap) if variant["corner_snapping"] else (main_ap, variant_ap)
-            diff = "–" if on is None or off is None or on < 0 or off < 0 else f"{100 * (on - off):+.1f}"
-            lines.append(f"| {r['model']} ({r.get('scale')}) | {fmt(on)} | {fmt(off)} | {diff} | {r['dataset']} |")
-    return "\n".join(lines) if found else ""
+    pairs = snapping_pairs(rows, "corner_snapping")
+    for r, on_numbers, off_numbers in pairs:
+        on, off = _ap(on_numbers, "bbox"), _ap(off_numbers, "bbox")
+        lines.append(f"| {r['model']} ({r.get('scale')}) | {fmt(on)} | {fmt(off)} | {_difference(on, off)} "
+                     f"| {r['dataset']} |")
+    return "\n".join(lines) if pairs else ""
+
+
+def contour_snapping_table(rows: list[dict[str, Any]]) -> str:
+    """Our minival mask AP of each model evaluated with its head's contour snapping on and off
+    (Dense RepPoints V2: the same weights, masks built with and without the snapped contour
+    points; see :mod:`pipeline.evaluate`), or ``""`` when no model has that variant. The
+    difference is on - off, from the unrounded APs. Boxes and scores do not depend on the
+    switch, so the box AP is one number; should the two runs' box APs differ by more than
+    :data:`TOLERANCE`, the cell shows both ("on / off")."""
+    lines = [
+        "The same trained weights, masks built with and without the snapped contour points "
+        "(boxes and scores are the same both ways, so only mask AP can move).",
+        "",
+        "| Our model (scale) | Ours: minival mask AP, snapping on | Ours: minival mask AP, snapping off "
+        "| Difference (on - off) | Ours: minival box AP (both) | Measured on |",
+        "|---|:-:|:-:|:-:|:-:|---|",
+    ]
+    pairs = snapping_pairs(rows, "contour_snapping")
+    for r, on_numbers, off_numbers in pairs:
+        on, off = _ap(on_numbers, "segm"), _ap(off_numbers, "segm")
+        box_on, box_off = _ap(on_numbers, "bbox"), _ap(off_numbers, "bbox")
+        if box_on is not None and box_off is not None and abs(box_on - box_off) > TOLERANCE:
+            box = f"{fmt(box_on)} / {fmt(box_off)}"
+        else:
+            box = fmt(box_on if box_on is not None else box_off)
+        lines.append(f"| {r['model']} ({r.get('scale')}) | {fmt(on)} | {fmt(off)} | {_difference(on, off)} "
+                     f"| {box} | {r['dataset']} |")
+    return "\n".join(lines) if pairs else ""
 
 
 NOTE = (
@@ -543,6 +595,7 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
     rows = collect(params, metrics_root)
     table = results_table(rows)
     snapping = corner_snapping_table(rows)
+    contour = contour_snapping_table(rows)
     reports_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(params, reports_dir, metrics_root, checkpoint_root, manifest_file)
     md = "\n\n".join([
@@ -554,6 +607,7 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
         "## The papers' tables",
         paper_tables(rows),
         *([f"## {SNAPPING_TITLE}", snapping] if snapping else []),
+        *([f"## {CONTOUR_SNAPPING_TITLE}", contour] if contour else []),
         "## All COCO numbers",
         full_table(rows),
         "## Figures",
@@ -566,6 +620,8 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
     body = f"{NOTE}\n\n{table}\n\n{paper_tables(rows)}"
     if snapping:
         body += f"\n\n**{SNAPPING_TITLE}**\n\n{snapping}"
+    if contour:
+        body += f"\n\n**{CONTOUR_SNAPPING_TITLE}**\n\n{contour}"
     if any(first.values()):
         body += "\n\n" + figures_markdown(first, readme.parent)
     atomic_write_text(readme, replace_between_markers(readme.read_text(), body, readme))

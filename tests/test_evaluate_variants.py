@@ -1,6 +1,10 @@
 """The evaluate stage's second minival pass for heads with a ``corner_snapping`` switch
 (RepPoints V2 joint inference), with a fake model that needs no training: it "detects" the
-ground truth exactly with snapping on and boxes shifted by a third of their width with it off."""
+ground truth exactly with snapping on and boxes shifted by a third of their width with it off.
+
+Heads with a ``contour_snapping`` switch (Dense RepPoints V2) likewise: the fake model then also
+predicts masks, filling the whole box with snapping on and only its left half with it off
+(boxes and scores the same both ways)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +16,16 @@ import torch
 import pipeline.evaluate as evaluate_mod
 from pipeline.config import resolve_model_config
 from pipeline.data import build_dataset, load_manifest
-from pipeline.evaluate import corner_snapping_variant, evaluate_model, variant_split
-from pipeline.report import collect, corner_snapping_table
+from pipeline.evaluate import (
+    SNAPPING_SWITCHES,
+    corner_snapping_variant,
+    evaluate_model,
+    evaluate_variant,
+    snapping_variants,
+    variant_split,
+    variant_switch,
+)
+from pipeline.report import collect, contour_snapping_table, corner_snapping_table
 from pipeline.tracking import client, newest_finished_run
 from tests.conftest import TINY_MODEL, tiny_params
 
@@ -28,8 +40,24 @@ class FakeHead(torch.nn.Module):
         self.corner_snapping = corner_snapping
 
 
+class FakeContourHead(torch.nn.Module):
+    def __init__(self, contour_snapping: bool) -> None:
+        super().__init__()
+        self.contour_snapping = contour_snapping
+
+
+class FakeBothHead(torch.nn.Module):
+    """Both switches (no real head has both; the machinery must still flip each on its own)."""
+
+    def __init__(self, corner_snapping: bool, contour_snapping: bool) -> None:
+        super().__init__()
+        self.corner_snapping = corner_snapping
+        self.contour_snapping = contour_snapping
+
+
 class FakeDetector(torch.nn.Module):
-    """Returns each image's ground-truth boxes (looked up by the image's pixels)."""
+    """Returns each image's ground-truth boxes (looked up by the image's pixels); with a
+    ``contour_snapping`` head also masks (whole box when on, its left half when off)."""
 
     def __init__(self, truth: dict[str, dict], head: torch.nn.Module | None) -> None:
         super().__init__()
@@ -37,10 +65,13 @@ class FakeDetector(torch.nn.Module):
         if head is not None:
             self.bbox_head = head
         self.seen: list[tuple[int, bool | None]] = []  # (batch size, snapping value) per call
+        self.seen_contour: list[bool | None] = []  # the contour snapping value per call
 
     def forward(self, images, image_sizes, targets=None):
         snapping = getattr(getattr(self, "bbox_head", None), "corner_snapping", None)
+        contour = getattr(getattr(self, "bbox_head", None), "contour_snapping", None)
         self.seen.append((len(image_sizes), snapping))
+        self.seen_contour.append(contour)
         out = []
         for img, (h, w) in zip(images, image_sizes):
             t = self.truth[image_key(img[:, :h, :w])]
@@ -50,6 +81,11 @@ class FakeDetector(torch.nn.Module):
                 boxes[:, 0] += shift
                 boxes[:, 2] += shift
             out.append({"boxes": boxes, "scores": torch.full((len(boxes),), 0.9), "labels": t["labels"].clone()})
+            if contour is not None:
+                masks = torch.ones(len(boxes), 1, 28, 28)
+                if contour is False:
+                    masks[..., 14:] = 0.0
+                out[-1]["masks"] = masks
         return out
 
 
@@ -155,3 +191,118 @@ def test_a_model_without_the_switch_is_evaluated_once(fake_setup, tmp_path, tiny
     assert len(model.seen) == -(-8 // params["evaluate"]["batch_size"])
     assert "variants" not in out["minival"] and "corner_snapping" not in out["minival"]
     assert not list((tmp_path / "results" / "rpv2_fake").glob("*corner_snapping*"))
+
+
+# ------------------------------------------------------------ contour snapping (Dense RepPoints V2)
+def test_each_switch_of_the_head_gives_its_own_variant():
+    assert SNAPPING_SWITCHES == ("corner_snapping", "contour_snapping")
+    assert snapping_variants(torch.nn.Module()) == []
+    assert snapping_variants(FakeDetector({}, head=None)) == []
+    assert snapping_variants(FakeDetector({}, FakeHead(True))) == [("corner_snapping_off", False)]
+    contour = FakeDetector({}, FakeContourHead(True))
+    assert snapping_variants(contour) == [("contour_snapping_off", False)]
+    assert corner_snapping_variant(contour) is None  # the corner machinery ignores it
+    assert snapping_variants(FakeDetector({}, FakeContourHead(False))) == [("contour_snapping_on", True)]
+    assert snapping_variants(FakeDetector({}, FakeBothHead(True, False))) == [
+        ("corner_snapping_off", False), ("contour_snapping_on", True)]
+    assert variant_switch("contour_snapping_off") == "contour_snapping"
+    assert variant_switch("corner_snapping_on") == "corner_snapping"
+    assert variant_switch("contour_snapping") is None and variant_switch("other_off") is None
+    assert variant_split("minival", "contour_snapping_off") == "minival/contour_snapping_off"
+
+
+def test_evaluate_variant_refuses_a_name_of_no_switch(tmp_path):
+    model = FakeDetector({}, FakeContourHead(True))
+    with pytest.raises(ValueError, match="names none of the switches"):
+        evaluate_variant(model, ("mask_refinement_off", False), [], [1], torch.device("cpu"), None, None,
+                         tmp_path, "m", "minival", {})
+    assert model.seen_contour == [] and model.bbox_head.contour_snapping is True
+
+
+def test_minival_is_scored_again_with_contour_snapping_off_and_tracked_apart(fake_setup, tmp_path, tiny_prepared):
+    params, make = fake_setup
+    model = make(FakeContourHead(contour_snapping=True))
+    out = run(params, tmp_path, tiny_prepared)
+
+    # minival twice (on, then off), test-dev once; the default restored afterwards; the corner
+    # switch never set on a head that has none
+    batches = -(-8 // params["evaluate"]["batch_size"])
+    assert model.seen_contour == [True] * batches + [False] * batches + [True] * batches
+    assert model.bbox_head.contour_snapping is True and not hasattr(model.bbox_head, "corner_snapping")
+
+    minival = out["minival"]
+    off = minival["variants"]["contour_snapping_off"]
+    assert list(minival["variants"]) == ["contour_snapping_off"]
+    assert minival["contour_snapping"] is True and off["contour_snapping"] is False
+    assert "corner_snapping" not in minival and "corner_snapping" not in off
+    assert list(off)[:3] == ["contour_snapping", "num_detections", "seconds_per_image"]
+    # boxes unchanged, masks worse without the snapped points
+    assert off["bbox"] == minival["bbox"] and minival["bbox"]["AP"] == pytest.approx(1.0)
+    assert set(off["segm"]) == set(minival["segm"])
+    assert 0 <= off["segm"]["AP"] < minival["segm"]["AP"]
+    assert "variants" not in out["test-dev"] and "contour_snapping" not in out["test-dev"]
+    written = json.loads((tmp_path / "metrics" / "rpv2_fake" / "minival.json").read_text())
+    assert written["contour_snapping"] is True and written["variants"]["contour_snapping_off"]["segm"] == off["segm"]
+    results = tmp_path / "results" / "rpv2_fake"
+    assert json.loads((results / "minival_contour_snapping_off_bbox.json").read_text())
+    assert json.loads((results / "minival_contour_snapping_off_segm.json").read_text())
+    assert not list(results.glob("*corner_snapping*"))
+
+    c = client()
+    main = newest_finished_run(c, "rpv2_fake", "evaluate", "minival")
+    variant = newest_finished_run(c, "rpv2_fake", "evaluate", "minival/contour_snapping_off")
+    assert main.info.run_id != variant.info.run_id
+    assert "variant" not in main.data.tags and main.data.tags["contour_snapping"] == "true"
+    assert "corner_snapping" not in main.data.tags and "corner_snapping" not in variant.data.tags
+    assert variant.data.tags["variant"] == "contour_snapping_off"
+    assert variant.data.tags["contour_snapping"] == "false"
+    assert variant.data.tags["split"] == "minival/contour_snapping_off"
+    assert variant.data.metrics["segm_AP"] == pytest.approx(off["segm"]["AP"])
+    assert main.data.metrics["segm_AP"] == pytest.approx(minival["segm"]["AP"])
+
+    # the report reads both runs back, checked against the file: the contour table, not the corner one
+    rows = collect(params, tmp_path / "metrics")
+    record = next(r for r in rows if r["split"] == "minival")
+    assert record["contour_snapping"] is True and "corner_snapping" not in record
+    assert record["variants"]["contour_snapping_off"]["contour_snapping"] is False
+    assert corner_snapping_table(rows) == ""
+    line = next(l for l in contour_snapping_table(rows).splitlines() if l.startswith("| rpv2_fake"))
+    cells = [x.strip() for x in line.strip("|").split("|")]
+    on_ap, off_ap = minival["segm"]["AP"], off["segm"]["AP"]
+    assert cells == ["rpv2_fake (cpu)", f"{100 * on_ap:.1f}", f"{100 * off_ap:.1f}",
+                     f"{100 * (on_ap - off_ap):+.1f}", "100.0", minival["dataset"]]
+
+
+def test_a_head_with_both_switches_gets_one_variant_per_switch(fake_setup, tmp_path, tiny_prepared):
+    params, make = fake_setup
+    params["evaluate"]["splits"] = ["minival"]
+    model = make(FakeBothHead(corner_snapping=True, contour_snapping=False))
+    out = run(params, tmp_path, tiny_prepared)
+    batches = -(-8 // params["evaluate"]["batch_size"])
+    # default; corner flipped (contour at its default); contour flipped (corner at its default)
+    assert [(v, c) for (_, v), c in zip(model.seen, model.seen_contour)] == (
+        [(True, False)] * batches + [(False, False)] * batches + [(True, True)] * batches)
+    assert (model.bbox_head.corner_snapping, model.bbox_head.contour_snapping) == (True, False)
+    minival = out["minival"]
+    assert list(minival["variants"]) == ["corner_snapping_off", "contour_snapping_on"]
+    assert minival["corner_snapping"] is True and minival["contour_snapping"] is False
+    assert minival["variants"]["corner_snapping_off"]["corner_snapping"] is False
+    assert minival["variants"]["contour_snapping_on"]["contour_snapping"] is True
+    assert "contour_snapping" not in minival["variants"]["corner_snapping_off"]
+    assert minival["variants"]["contour_snapping_on"]["segm"]["AP"] > minival["segm"]["AP"]
+
+    c = client()
+    main = newest_finished_run(c, "rpv2_fake", "evaluate", "minival")
+    corner = newest_finished_run(c, "rpv2_fake", "evaluate", "minival/corner_snapping_off")
+    contour = newest_finished_run(c, "rpv2_fake", "evaluate", "minival/contour_snapping_on")
+    assert (main.data.tags["corner_snapping"], main.data.tags["contour_snapping"]) == ("true", "false")
+    assert (corner.data.tags["corner_snapping"], corner.data.tags["contour_snapping"]) == ("false", "false")
+    assert (contour.data.tags["corner_snapping"], contour.data.tags["contour_snapping"]) == ("true", "true")
+    assert contour.data.tags["variant"] == "contour_snapping_on"
+
+    rows = collect(params, tmp_path / "metrics")
+    corner_line = next(l for l in corner_snapping_table(rows).splitlines() if l.startswith("| rpv2_fake"))
+    contour_line = next(l for l in contour_snapping_table(rows).splitlines() if l.startswith("| rpv2_fake"))
+    assert corner_line.split("|")[2].strip() == "100.0"  # box AP, snapping on: the default
+    # mask AP with contour snapping on is the variant's here
+    assert contour_line.split("|")[2].strip() == f"{100 * minival['variants']['contour_snapping_on']['segm']['AP']:.1f}"

@@ -274,6 +274,128 @@ def test_the_corner_snapping_variant_is_cross_checked(tmp_path):
         collect(p, metrics)
 
 
+# --------------------------------------------------- contour snapping on / off (Dense RepPoints V2)
+def log_eval_box_mask(model, split, bbox, segm, variant=None, dataset="synthetic minival (8 images)"):
+    tags = {"model": model, "stage": "evaluate", "split": split, "preset": "dense_reppoints_v2_r50_fpn_giou_1x",
+            "scale": "cpu", "dataset": dataset}
+    if variant is not None:
+        tags["variant"] = variant
+    time.sleep(0.01)
+    with Tracker(f"evaluate/{model}/{split}", tags) as t:
+        t.log_metrics({**{f"bbox_{k}": v for k, v in bbox.items()}, **{f"segm_{k}": v for k, v in segm.items()}})
+
+
+def write_contour_model(root, model, bbox, segm, v_bbox, v_segm, default=True,
+                        dataset="synthetic minival (8 images)"):
+    """A Dense RepPoints V2 model's minival metrics file and MLflow runs: the main numbers with
+    contour snapping at ``default``, the variant's with it flipped."""
+    name = f"contour_snapping_{'off' if default else 'on'}"
+    log_eval_box_mask(model, "minival", bbox, segm, dataset=dataset)
+    log_eval_box_mask(model, f"minival/{name}", v_bbox, v_segm, variant=name, dataset=dataset)
+    d = root / model
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "minival.json").write_text(json.dumps({
+        "bbox": bbox, "segm": segm, "dataset": dataset, "scored": True, "contour_snapping": default,
+        "variants": {name: {"contour_snapping": not default, "bbox": v_bbox, "segm": v_segm}}}))
+
+
+def contour_params(*models):
+    return {"models": {m: {"preset": "dense_reppoints_v2_r50_fpn_giou_1x", "scale": "cpu"} for m in models},
+            "evaluate": {"splits": ["minival"]}}
+
+
+CONTOUR_TABLE = """\
+The same trained weights, masks built with and without the snapped contour points (boxes and scores are the same both ways, so only mask AP can move).
+
+| Our model (scale) | Ours: minival mask AP, snapping on | Ours: minival mask AP, snapping off | Difference (on - off) | Ours: minival box AP (both) | Measured on |
+|---|:-:|:-:|:-:|:-:|---|
+| dense_on (cpu) | 22.2 | 21.5 | +0.7 | 31.2 | synthetic minival (8 images) |
+| dense_off (cpu) | 23.0 | 20.0 | +3.0 | 30.0 | synthetic minival (8 images) |"""
+
+
+def test_the_contour_snapping_table_from_mlflow_and_the_metrics_files(tmp_path):
+    from pipeline.report import collect, contour_snapping_table, corner_snapping_table
+
+    metrics = tmp_path / "metrics"
+    box, box_off = stats_with(0.3123), stats_with(0.30)
+    write_contour_model(metrics, "dense_on", box, stats_with(0.2222), box, stats_with(0.2150))
+    # default off: "on" is the variant's number
+    write_contour_model(metrics, "dense_off", box_off, stats_with(0.20), box_off, stats_with(0.23), default=False)
+    p = contour_params("dense_on", "dense_off")
+    rows = collect(p, metrics)
+    assert [(r["model"], r["contour_snapping"]) for r in rows] == [("dense_on", True), ("dense_off", False)]
+    assert all("corner_snapping" not in r for r in rows)
+    assert rows[0]["variants"]["contour_snapping_off"]["contour_snapping"] is False
+    assert "corner_snapping" not in rows[0]["variants"]["contour_snapping_off"]
+    assert rows[1]["variants"]["contour_snapping_on"]["segm"]["AP"] == pytest.approx(0.23)
+    assert contour_snapping_table(rows) == CONTOUR_TABLE
+    assert corner_snapping_table(rows) == ""  # the corner table ignores contour variants
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, checkpoint_root=None)
+    text = readme.read_text()
+    assert f"## Dense RepPoints V2 contour snapping\n\n{CONTOUR_TABLE}\n\n## All COCO numbers" in md
+    assert f"**Dense RepPoints V2 contour snapping**\n\n{CONTOUR_TABLE}\n{END}" in text
+    assert "corner snapping" not in md and "corner snapping" not in text
+    assert (tmp_path / "r" / "results.md").read_text() == md
+    # the main tables still read the main minival run, not the variant's
+    assert "| 31.2 / 50.0 / 50.0 |" in next(l for l in md.splitlines() if l.startswith("| dense_on | "))
+
+
+def test_the_contour_table_follows_the_corner_table_and_each_keeps_to_its_switch(tmp_path):
+    from pipeline.report import collect, contour_snapping_table, corner_snapping_table
+
+    metrics = tmp_path / "metrics"
+    log_eval("rpv2_corner", "minival", stats_with(0.4123))
+    write_metrics(metrics, "rpv2_corner", "minival", stats_with(0.4123))
+    log_variant("rpv2_corner", stats_with(0.3999))
+    write_variant(metrics, "rpv2_corner", stats_with(0.3999))
+    write_contour_model(metrics, "dense_on", stats_with(0.3123), stats_with(0.2222),
+                        stats_with(0.3123), stats_with(0.2150))
+    p = {"models": {"rpv2_corner": snapping_params()["models"]["rpv2_snap"],
+                    "dense_on": contour_params("dense_on")["models"]["dense_on"]},
+         "evaluate": {"splits": ["minival"]}}
+    rows = collect(p, metrics)
+    corner = corner_snapping_table(rows)
+    contour = contour_snapping_table(rows)
+    assert [cells(l)[0] for l in corner.splitlines()[3:]] == ["---", "rpv2_corner (cpu)"]
+    assert [cells(l)[0] for l in contour.splitlines()[3:]] == ["---", "dense_on (cpu)"]
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, checkpoint_root=None)
+    text = readme.read_text()
+    assert (f"## RepPoints V2 joint inference (corner snapping)\n\n{corner}\n\n"
+            f"## Dense RepPoints V2 contour snapping\n\n{contour}\n\n## All COCO numbers") in md
+    assert (f"**RepPoints V2 joint inference (corner snapping)**\n\n{corner}\n\n"
+            f"**Dense RepPoints V2 contour snapping**\n\n{contour}\n{END}") in text
+
+
+def test_the_contour_table_shows_both_box_aps_if_they_differ_and_dashes_without_masks():
+    from pipeline.report import contour_snapping_table
+
+    rows = [{"model": "d", "scale": "cpu", "split": "minival", "dataset": "x", "bbox": {"AP": 0.31},
+             "segm": {"AP": 0.22}, "contour_snapping": True,
+             "variants": {"contour_snapping_off": {"contour_snapping": False, "bbox": {"AP": 0.30}}}},
+            {"model": "t", "scale": "cpu", "split": "test-dev", "dataset": "x", "bbox": {"AP": 0.31},
+             "variants": {"contour_snapping_off": {"contour_snapping": False, "bbox": {"AP": 0.30}}}}]
+    lines = contour_snapping_table(rows).splitlines()
+    assert [cells(l) for l in lines[4:]] == [["d (cpu)", "22.0", "–", "–", "31.0 / 30.0", "x"]]
+
+
+def test_the_contour_snapping_variant_is_cross_checked(tmp_path):
+    from pipeline.report import collect
+
+    metrics = tmp_path / "metrics"
+    write_contour_model(metrics, "dense_bad", stats_with(0.31), stats_with(0.22), stats_with(0.31), stats_with(0.21))
+    data = json.loads((metrics / "dense_bad" / "minival.json").read_text())
+    data["variants"]["contour_snapping_off"]["segm"]["AP"] = 0.2
+    (metrics / "dense_bad" / "minival.json").write_text(json.dumps(data))
+    with pytest.raises(ReportError, match="variants.contour_snapping_off.segm AP .* disagree"):
+        collect(contour_params("dense_bad"), metrics)
+
+
 # ------------------------------------------------------------------ Dense RepPoints (box and mask AP)
 def log_eval_segm(model, split, bbox, segm, dataset):
     tags = {"model": model, "stage": "evaluate", "split": split, "scale": "cpu", "dataset": dataset}
