@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
+from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks, make_grid
 
 from pipeline.checkpoint import atomic_write_bytes
 from pipeline.data.collate import collate_detection
@@ -87,6 +87,7 @@ def draw_detections(
     masks: torch.Tensor | None = None,
     score_thr: float = 0.3,
     gt_boxes: torch.Tensor | None = None,
+    points: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw the detections scoring at least ``score_thr`` on an (upscaled) copy of ``image``.
 
@@ -100,6 +101,8 @@ def draw_detections(
         score_thr: detections scoring below it are not drawn.
         gt_boxes: optional FloatTensor [G, 4], xyxy pixels of ``image``; ground truth,
             drawn as thin white boxes under the detections.
+        points: optional FloatTensor [K, N, 2], (x, y) pixels of ``image``: each detection's
+            point set (Dense RepPoints), drawn as one-pixel dots in the class colour over the mask.
 
     Returns:
         UInt8Tensor [3, H * f, W * f] with f = :func:`upscale_factor` (H, W): the image
@@ -141,6 +144,11 @@ def draw_detections(
     if masks is not None:
         m = _upscale(masks.detach().cpu()[keep].bool(), factor)
         canvas = draw_segmentation_masks(canvas, m, alpha=MASK_ALPHA, colors=colors)
+    if points is not None:
+        for k, colour in zip(keep.tolist(), colors):
+            pts = points[k].detach().float().cpu()
+            pts = pts[torch.isfinite(pts).all(1)][None] * factor
+            canvas = draw_keypoints(canvas, pts, colors=colour, radius=1)
     names = [class_names[lab] if 0 <= lab < len(class_names) else f"class {lab}" for lab in labels_k]
     text = [f"{n} {float(s):.2f}" for n, s in zip(names, scores[keep])]
     drawn = to_canvas(boxes[keep.to(boxes.device)])
@@ -211,7 +219,8 @@ def draw_output(
     Args:
         image: UInt8Tensor [3, H0, W0], the original image.
         out: the detector's output for it (``boxes`` in resized-image pixels, ``scores``,
-            ``labels``, optionally ``masks`` (K, 1, M, M) probabilities).
+            ``labels``, optionally ``masks`` (K, 1, M, M) probabilities and ``points`` (K, N, 2)
+            resized-image pixels).
         target: the dataset target (``scale_factor``, ``orig_size``) that maps boxes back.
         gt_boxes: optional FloatTensor [G, 4] original-image boxes drawn thin white.
     Returns:
@@ -220,14 +229,18 @@ def draw_output(
     boxes = to_original_coords(out["boxes"], target["scale_factor"], target["orig_size"])
     scores = out["scores"].detach().float().cpu()
     labels = out["labels"].detach().cpu()
-    masks = None
+    masks = points = None
+    keep = scores >= score_thr
     if "masks" in out:
-        keep = scores >= score_thr
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         probs = out["masks"][keep.to(out["masks"].device)]
-        masks = torch.from_numpy(paste_masks(probs, boxes, target["orig_size"])).bool()
+        masks = torch.from_numpy(paste_masks(probs, boxes[keep], target["orig_size"])).bool()
+    if "points" in out:
+        sx, sy = (float(v) for v in target["scale_factor"][:2])
+        points = out["points"][keep.to(out["points"].device)].detach().float().cpu() / torch.tensor([sx, sy])
+    if masks is not None or points is not None:
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     return draw_detections(image, boxes, labels, scores, list(class_names), masks=masks, score_thr=score_thr,
-                           gt_boxes=gt_boxes)
+                           gt_boxes=gt_boxes, points=points)
 
 
 @torch.no_grad()

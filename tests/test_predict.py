@@ -174,3 +174,12 @@ def test_prediction_grid_shape(tiny_checkpoint, tiny_prepared):
     assert without_gt.shape == grid.shape and not torch.equal(without_gt, grid)  # ground truth was drawn
     with pytest.raises(ValueError, match="categories"):
         prediction_grid(model, dataset, [c + 100 for c in state["cat_ids"]], names, torch.device("cpu"))
+
+
+def test_draw_detections_dots_the_point_sets():
+    image = torch.zeros(3, 160, 320, dtype=torch.uint8)
+    points = torch.tensor([[[70.0, 70.0], [90.0, 95.0], [float("nan"), 1.0]], [[10.0, 10.0], [12.0, 12.0], [5.0, 5.0]]])
+    out = draw_detections(image, torch.tensor([[50.0, 50.0, 110.0, 110.0], [0.0, 0.0, 20.0, 20.0]]),
+                          torch.tensor([2, 1]), torch.tensor([0.8, 0.1]), ["a", "b", "c"], points=points)
+    assert out[:, 140, 140].sum() > 0 and out[:, 190, 180].sum() > 0  # the dots of the drawn detection (x2 canvas)
+    assert out[:, 24, 24].sum() == 0  # below the score threshold: its points are not drawn
