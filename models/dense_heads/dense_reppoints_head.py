@@ -342,8 +342,9 @@ class DenseRepPointsHead(RepPointsHead):
         """Chamfer loss of the positives (image ``bi``, cell ``mi``) against their gt's DTS points."""
         if bi.numel() == 0:
             return 0.0 * pred.sum()
-        target = torch.stack([gt_pts[int(b)][int(g)] for b, g in zip(bi.tolist(), gt_inds.tolist())])
-        valid = torch.stack([gt_ok[int(b)][int(g)] for b, g in zip(bi.tolist(), gt_inds.tolist())])
+        # per-image gt lists -> one [B, G_max, N, 2] table indexed by (image, gt)
+        target = torch.nn.utils.rnn.pad_sequence(list(gt_pts), batch_first=True)[bi, gt_inds]
+        valid = torch.nn.utils.rnn.pad_sequence(list(gt_ok), batch_first=True)[bi, gt_inds]
         scale = norm[mi][:, None, None]
         per = chamfer_loss_2d(pred[bi, mi] / scale, target / scale, valid=valid)
         return weight * per.sum() / avg_factor
