@@ -62,8 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.dense_heads.dense_reppoints_head import DenseOutputs, DenseRepPointsHead
-from models.layers.corner_pool_block import conv_gn_relu
-from models.layers.norm import build_norm
+from models.dense_heads.reppoints_v2_head import foreground_trunk
 from models.losses.focal_loss import sigmoid_focal_loss
 from models.losses.smooth_l1 import smooth_l1_loss
 
@@ -170,14 +169,8 @@ class DenseRepPointsV2Head(DenseRepPointsHead):
         self.loss_sem_weight = float(loss_sem_weight)
         self.contour_score_thr = float(contour_score_thr)
         self.contour_snapping = bool(contour_snapping)
-        shared: list[nn.Module] = []
-        for _ in range(shared_stacked_convs):
-            conv = nn.Conv2d(feat, feat, 3, padding=1, bias=False)
-            nn.init.normal_(conv.weight, std=0.01)
-            shared += [conv, build_norm("gn", feat, groups), nn.ReLU(inplace=True)]
-        self.shared_convs = nn.Sequential(*shared)
-        self.sem_out = nn.Conv2d(feat, num_classes, 1)
-        self.sem_embed = conv_gn_relu(feat, feat, 1, groups)
+        self.shared_convs, self.sem_out, self.sem_embed = foreground_trunk(feat, groups, num_classes,
+                                                                          shared_stacked_convs)
         self.cont_score = nn.Conv2d(feat, 1, 3, padding=1)
         self.cont_offset = nn.Conv2d(feat, 2, 3, padding=1)
         prior = -math.log((1 - 0.01) / 0.01)

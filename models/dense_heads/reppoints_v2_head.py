@@ -186,6 +186,20 @@ def foreground_targets(gt_boxes: Tensor, gt_labels: Tensor, num_classes: int, si
     return (weights > 0).float(), weights  # the smallest box of a class sets its cells' weight
 
 
+def foreground_trunk(feat: int, groups: int, num_classes: int, shared_stacked_convs: int
+                     ) -> tuple[nn.Sequential, nn.Conv2d, nn.Sequential]:
+    """The V2 verification trunk shared by RepPoints V2 and Dense RepPoints V2: ``shared_convs``
+    (``shared_stacked_convs`` x [3x3 conv, normal(0.01), GN, ReLU]), the foreground output
+    ``sem_out`` (1x1 conv -> C logits; its init is the caller's) and the ``sem_embed``
+    embedding (1x1 conv, GN, ReLU, Kaiming), created in this order."""
+    shared: list[nn.Module] = []
+    for _ in range(shared_stacked_convs):
+        conv = nn.Conv2d(feat, feat, 3, padding=1, bias=False)
+        nn.init.normal_(conv.weight, std=0.01)
+        shared += [conv, build_norm("gn", feat, groups), nn.ReLU(inplace=True)]
+    return nn.Sequential(*shared), nn.Conv2d(feat, num_classes, 1), conv_gn_relu(feat, feat, 1, groups)
+
+
 class RepPointsV2Head(RepPointsHead):
     """RepPoints V2 dense head (module doc). Arguments of :class:`RepPointsHead`, plus:
 
@@ -238,14 +252,8 @@ class RepPointsV2Head(RepPointsHead):
         self.loss_sem_alpha = float(loss_sem_alpha)
         self.corner_snapping = bool(corner_snapping)
 
-        shared: list[nn.Module] = []
-        for _ in range(shared_stacked_convs):
-            conv = nn.Conv2d(feat, feat, 3, padding=1, bias=False)
-            nn.init.normal_(conv.weight, std=0.01)
-            shared += [conv, build_norm("gn", feat, groups), nn.ReLU(inplace=True)]
-        self.shared_convs = nn.Sequential(*shared)
-        self.sem_out = nn.Conv2d(feat, num_classes, 1)
-        self.sem_embed = conv_gn_relu(feat, feat, 1, groups)
+        self.shared_convs, self.sem_out, self.sem_embed = foreground_trunk(feat, groups, num_classes,
+                                                                          shared_stacked_convs)
         self.tl_pool = CornerPoolBlock(feat, ("top", "left"), corner_dim, first_kernel_size, kernel_size, groups)
         self.br_pool = CornerPoolBlock(feat, ("bottom", "right"), corner_dim, first_kernel_size, kernel_size, groups)
         self.tl_score = nn.Conv2d(feat, 1, 3, padding=1)
