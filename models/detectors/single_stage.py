@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from models.dense_heads.dense_reppoints_head import DenseRepPointsHead
@@ -49,10 +50,17 @@ class SingleStageDetector(nn.Module):
         if self.training:
             num_classes = getattr(self.bbox_head, "num_classes", None)
             gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, num_classes)
+            extra = self.extra_train_targets(targets, gt_boxes, images.device)
             features = self.extract_feat(images)
-            return self.bbox_head.forward_train(features, image_sizes, gt_boxes, gt_labels, gt_ignore)
+            return self.bbox_head.forward_train(features, image_sizes, gt_boxes, gt_labels, gt_ignore, **extra)
         features = self.extract_feat(images)
         return self.bbox_head.simple_test(features, image_sizes)
+
+    def extra_train_targets(self, targets: Sequence[dict[str, Tensor]], gt_boxes: Sequence[Tensor],
+                            device: torch.device) -> dict[str, list[Tensor]]:
+        """Keyword arguments of ``bbox_head.forward_train`` beyond boxes, labels and ignore
+        regions (none here; Dense RepPoints: ``gt_masks``)."""
+        return {}
 
 
 class RepPointsDetector(SingleStageDetector):
@@ -76,16 +84,6 @@ class DenseRepPointsDetector(SingleStageDetector):
             raise TypeError(f"DenseRepPointsDetector needs a DenseRepPointsHead, got {type(bbox_head).__name__}")
         super().__init__(backbone, neck, bbox_head)
 
-    def forward(
-        self,
-        images: Tensor,
-        image_sizes: Sequence[tuple[int, int]],
-        targets: Sequence[dict[str, Tensor]] | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if not self.training:
-            return super().forward(images, image_sizes, targets)
-        image_sizes = check_inputs(images, image_sizes, targets, True)
-        gt_boxes, gt_labels, gt_ignore = unpack_targets(targets, images.device, self.bbox_head.num_classes)
-        gt_masks = unpack_masks(targets, gt_boxes, images.device, "Dense RepPoints")
-        features = self.extract_feat(images)
-        return self.bbox_head.forward_train(features, image_sizes, gt_boxes, gt_labels, gt_ignore, gt_masks)
+    def extra_train_targets(self, targets: Sequence[dict[str, Tensor]], gt_boxes: Sequence[Tensor],
+                            device: torch.device) -> dict[str, list[Tensor]]:
+        return {"gt_masks": unpack_masks(targets, gt_boxes, device, "Dense RepPoints")}
