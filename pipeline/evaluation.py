@@ -50,7 +50,7 @@ def to_original_coords(
 
 
 def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, orig_size: tuple[int, int],
-                chunk: int = 16) -> np.ndarray:
+                chunk: int = 1) -> np.ndarray:
     """Paste ``(K, 1, M, M)`` mask probabilities at ``(K, 4)`` original-image boxes.
 
     Every image pixel ``(u, v)`` (covering ``[u, u + 1) x [v, v + 1)``) inside a box takes the
@@ -59,8 +59,10 @@ def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, orig_size: tuple[
     (``grid_sample`` with ``align_corners=False``, zeros outside the box), then ``>= 0.5``.
     This is detectron2's paste; torchvision's ``paste_masks_in_image`` (used before) rounds the
     box to whole pixels and resizes onto ``x2 - x1 + 1`` of them, one pixel too wide, which
-    costs small objects several IoU points. Boxes are pasted ``chunk`` at a time, each chunk
-    only over the pixels its boxes cover.
+    costs small objects several IoU points. Boxes are pasted ``chunk`` at a time (default one,
+    as detectron2 does on CPU), each chunk only over the pixels its boxes cover: 100 boxes of
+    16-600 px in an 800 x 1333 image take ~45 ms one by one and ~0.8 s in chunks of 16, whose
+    joint region is most of the image.
 
     Returns a ``(K, h0, w0)`` uint8 array of binary masks.
     """
