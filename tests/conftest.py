@@ -71,3 +71,13 @@ def tiny_prepared(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "pipeline.prepare", "--params", str(params_file), "--out", str(out)],
                    cwd=REPO, check=True, capture_output=True, text=True)
     return out / "manifest.json"
+
+
+@pytest.fixture
+def fresh_loader():
+    """Forget the remembered outcomes of the ``cuda_ops`` extension loaders before and after the test."""
+    import cuda_ops._extension as extension
+
+    extension._reset_cache_for_tests()
+    yield
+    extension._reset_cache_for_tests()

@@ -11,14 +11,13 @@ dispatcher's fallback, the loader, and the compile.
 """
 from __future__ import annotations
 
-import logging
 import os
-import time
 
 import pytest
 import torch
 
 import cuda_ops._extension as extension
+from tests.cuda_checks import compile_from_scratch
 from cuda_ops import chamfer_2d as chamfer_op
 from cuda_ops.chamfer_2d import _Chamfer2DCUDA, chamfer_distance, chamfer_distance_reference
 from models.losses.chamfer_loss import chamfer_loss_2d
@@ -243,50 +242,6 @@ def test_dispatcher_and_loss_on_cpu_do_not_load_the_extension(monkeypatch):
     assert chamfer_loss_2d(case[0].float(), case[1].float()).shape == (3,)
 
 
-@pytest.fixture
-def fresh_loader():
-    """Forget the remembered extension outcomes before and after the test."""
-    extension._reset_cache_for_tests()
-    yield
-    extension._reset_cache_for_tests()
-
-
-def test_loader_without_cuda_returns_none_once(monkeypatch, fresh_loader, caplog):
-    monkeypatch.delenv("DETLAB_DISABLE_CUDA_OPS", raising=False)
-    monkeypatch.setattr(extension.torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger=extension.__name__):
-        assert extension.load_chamfer_2d_ext() is None
-        assert extension.load_chamfer_2d_ext() is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "chamfer_2d" in warnings[0].getMessage()
-    assert "CUDA is not available" in warnings[0].getMessage()
-
-
-def test_loader_failed_build_is_remembered_and_disable_is_honoured(monkeypatch, fresh_loader,
-                                                                   caplog):
-    calls: list[str] = []
-
-    def failing_build(*a, **k):
-        calls.append("chamfer_2d")
-        raise RuntimeError("simulated compiler failure")
-
-    monkeypatch.setattr(extension, "build_chamfer_2d_ext", failing_build)
-    monkeypatch.setattr(extension.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(extension, "find_cuda_home", lambda: "/fake/cuda")
-    monkeypatch.setattr(extension.torch.version, "cuda", "13.0")
-    monkeypatch.setenv("DETLAB_DISABLE_CUDA_OPS", "1")
-    assert extension.load_chamfer_2d_ext() is None
-    assert calls == [], "disabled: no build attempted"
-    monkeypatch.delenv("DETLAB_DISABLE_CUDA_OPS")
-    with caplog.at_level(logging.WARNING, logger=extension.__name__):
-        assert extension.load_chamfer_2d_ext() is None
-        assert extension.load_chamfer_2d_ext() is None
-    assert calls == ["chamfer_2d"]
-    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(msgs) == 1 and "chamfer_2d" in msgs[0] and "simulated compiler failure" in msgs[0]
-
-
 def test_build_dir_layout_and_build_choices(monkeypatch, tmp_path):
     monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))
     d = extension.build_dir_for("9.0", "chamfer_2d")
@@ -421,18 +376,7 @@ def test_dispatcher_and_loss_use_kernel_on_cuda_and_disable_env(ext, monkeypatch
                     reason="DETLAB_SKIP_CUDA_BUILD_TEST=1 (the compile takes 30-60 s on 2 cores)")
 def test_extension_compiles(monkeypatch, tmp_path):
     """Where nvcc exists (also without a GPU) the kernels must compile and load."""
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    if torch.version.cuda is None:
-        pytest.skip("torch is not a CUDA build")
-    monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))  # from scratch, not the user cache
-    t0 = time.perf_counter()
-    res = extension.build_chamfer_2d_ext()  # archs: env, visible GPUs, else 9.0
-    seconds = time.perf_counter() - t0
-    print(f"\n[cuda_ops] chamfer_2d extension compiled in {seconds:.1f} s "
-          f"(archs {res.arch_list}) -> {res.build_dir}")
-    assert res.build_dir.is_relative_to(tmp_path) and res.build_dir.name == "chamfer_2d"
-    assert list(res.build_dir.glob("*.so"))
+    res = compile_from_scratch(monkeypatch, tmp_path, "chamfer_2d")
     for name in ("forward", "backward"):
         assert callable(getattr(res.module, name))
     # the binding's argument checks run without a GPU

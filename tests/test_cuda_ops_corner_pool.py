@@ -10,15 +10,14 @@ kernel against the reference, the dispatcher's fallback, the loader, and the com
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-import time
 
 import pytest
 import torch
 
 import cuda_ops._extension as extension
+from tests.cuda_checks import compile_from_scratch
 from cuda_ops.corner_pool import (
     DIRECTIONS,
     CornerPool,
@@ -172,57 +171,6 @@ def test_dispatcher_on_cpu_is_the_reference(monkeypatch):
     assert repr(CornerPool("left")) == "CornerPool(direction='left')"
 
 
-@pytest.fixture
-def fresh_loader():
-    """Forget the remembered extension outcomes before and after the test."""
-    extension._reset_cache_for_tests()
-    yield
-    extension._reset_cache_for_tests()
-
-
-def test_loader_without_cuda_returns_none_once(monkeypatch, fresh_loader, caplog):
-    monkeypatch.delenv("DETLAB_DISABLE_CUDA_OPS", raising=False)
-    monkeypatch.setattr(extension.torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger=extension.__name__):
-        assert extension.load_corner_pool_ext() is None
-        assert extension.load_corner_pool_ext() is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "corner_pool" in warnings[0].getMessage()
-    assert "CUDA is not available" in warnings[0].getMessage()
-
-
-def test_loaders_are_independent_and_honour_disable(monkeypatch, fresh_loader, caplog):
-    """A failed corner_pool build is remembered for corner_pool only; the disable switch is
-    checked on every call."""
-    calls: list[str] = []
-
-    def failing_build(*a, **k):
-        calls.append("corner_pool")
-        raise RuntimeError("simulated compiler failure")
-
-    def other_build(*a, **k):
-        calls.append("deform_roi_pool")
-        raise RuntimeError("simulated other failure")
-
-    monkeypatch.setattr(extension, "build_corner_pool_ext", failing_build)
-    monkeypatch.setattr(extension, "build_deform_roi_pool_ext", other_build)
-    monkeypatch.setattr(extension.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(extension, "find_cuda_home", lambda: "/fake/cuda")
-    monkeypatch.setattr(extension.torch.version, "cuda", "13.0")
-    monkeypatch.setenv("DETLAB_DISABLE_CUDA_OPS", "1")
-    assert extension.load_corner_pool_ext() is None
-    assert calls == [], "disabled: no build attempted"
-    monkeypatch.delenv("DETLAB_DISABLE_CUDA_OPS")
-    with caplog.at_level(logging.WARNING, logger=extension.__name__):
-        assert extension.load_corner_pool_ext() is None
-        assert extension.load_corner_pool_ext() is None
-        assert extension.load_deform_roi_pool_ext() is None
-    assert calls == ["corner_pool", "deform_roi_pool"]
-    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(msgs) == 2 and "corner_pool" in msgs[0] and "simulated compiler failure" in msgs[0]
-
-
 def test_build_dir_layout_and_unknown_op(monkeypatch, tmp_path):
     monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))
     d = extension.build_dir_for("9.0", "corner_pool")
@@ -334,18 +282,7 @@ def test_dispatcher_uses_kernel_on_cuda_noncontiguous_and_disable_env(ext, monke
                     reason="DETLAB_SKIP_CUDA_BUILD_TEST=1 (the compile takes 30-60 s on 2 cores)")
 def test_extension_compiles(monkeypatch, tmp_path):
     """Where nvcc exists (also without a GPU) the kernels must compile and load."""
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    if torch.version.cuda is None:
-        pytest.skip("torch is not a CUDA build")
-    monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))  # from scratch, not the user cache
-    t0 = time.perf_counter()
-    res = extension.build_corner_pool_ext()  # archs: env, visible GPUs, else 9.0
-    seconds = time.perf_counter() - t0
-    print(f"\n[cuda_ops] corner_pool extension compiled in {seconds:.1f} s "
-          f"(archs {res.arch_list}) -> {res.build_dir}")
-    assert res.build_dir.is_relative_to(tmp_path) and res.build_dir.name == "corner_pool"
-    assert list(res.build_dir.glob("*.so"))
+    res = compile_from_scratch(monkeypatch, tmp_path, "corner_pool")
     for name in ("forward", "backward"):
         assert callable(getattr(res.module, name))
     # the binding's argument checks run without a GPU

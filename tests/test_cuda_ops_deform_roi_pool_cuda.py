@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import pytest
 import torch
 
 import cuda_ops._extension as extension
+from tests.cuda_checks import compile_from_scratch
 from cuda_ops.deform_roi_pool import (
     DeformRoIPool,
     _deform_roi_pool_cuda,
@@ -174,14 +174,6 @@ def test_kernel_empty_rois_and_no_offsets_grad(ext):
 
 # --------------------------------------------------------------------------- dispatcher
 
-@pytest.fixture
-def fresh_loader():
-    """Forget the remembered extension outcome before and after the test."""
-    extension._reset_cache_for_tests()
-    yield
-    extension._reset_cache_for_tests()
-
-
 def test_dispatcher_on_cpu_is_the_grid_sample_path_and_equals_the_reference(monkeypatch):
     """Without a kernel the dispatcher pools through ``grid_sample``; with random offsets no
     sample sits on an integer row/column, so values and both gradients equal the reference."""
@@ -242,16 +234,6 @@ def test_disable_env_is_honoured_and_not_remembered(monkeypatch, fresh_loader, c
     assert len(warnings) == 1 and "simulated compiler failure" in warnings[0].getMessage()
 
 
-def test_loader_without_cuda_returns_none_once(monkeypatch, fresh_loader, caplog):
-    monkeypatch.delenv("DETLAB_DISABLE_CUDA_OPS", raising=False)
-    monkeypatch.setattr(extension.torch.cuda, "is_available", lambda: False)
-    with caplog.at_level(logging.WARNING, logger=extension.__name__):
-        assert extension.load_deform_roi_pool_ext() is None
-        assert extension.load_deform_roi_pool_ext() is None
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "CUDA is not available" in warnings[0].getMessage()
-
-
 def test_build_dir_layout(monkeypatch, tmp_path):
     monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))
     d = extension.build_dir_for("8.0;9.0+PTX")
@@ -268,18 +250,7 @@ def test_build_dir_layout(monkeypatch, tmp_path):
                     reason="DETLAB_SKIP_CUDA_BUILD_TEST=1 (the compile takes ~40 s on 2 cores)")
 def test_extension_compiles(monkeypatch, tmp_path):
     """Where nvcc exists (also without a GPU) the kernel must compile and load."""
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    if torch.version.cuda is None:
-        pytest.skip("torch is not a CUDA build")
-    monkeypatch.setenv("DETLAB_CUDA_CACHE", str(tmp_path))  # from scratch, not the user cache
-    t0 = time.perf_counter()
-    res = extension.build_deform_roi_pool_ext()  # archs: env, visible GPUs, else 9.0
-    seconds = time.perf_counter() - t0
-    print(f"\n[cuda_ops] deform_roi_pool extension compiled in {seconds:.1f} s "
-          f"(archs {res.arch_list}) -> {res.build_dir}")
-    assert res.build_dir.is_relative_to(tmp_path)
-    assert list(res.build_dir.glob("*.so"))
+    res = compile_from_scratch(monkeypatch, tmp_path, "deform_roi_pool")
     for name in ("forward", "backward_features", "backward_offsets"):
         assert callable(getattr(res.module, name))
     # the binding's argument checks run without a GPU
