@@ -26,7 +26,6 @@ After ``--warmup`` untimed rounds the contenders are timed in alternation and th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternating_medians  # noqa: E402
 from cuda_ops._extension import load_chamfer_2d_ext  # noqa: E402
 from cuda_ops.chamfer_2d import chamfer_distance, chamfer_distance_reference  # noqa: E402
 
@@ -92,14 +93,7 @@ def main() -> None:
         runs["naive"] = lambda: timed(naive_chamfer)
     if kernel:
         runs["kernel"] = lambda: timed(chamfer_distance)
-    for _ in range(args.warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.iters):
-        for k, run in runs.items():
-            times[k].append(run())
-    med = {k: statistics.median(t) for k, t in times.items()}
+    med = alternating_medians(runs, args.warmup, args.iters)
     print(f"device={dev} threads={torch.get_num_threads()} a=[{P}, {N}, 2] b=[{P}, {M}, 2] "
           f"float32 iters={args.iters} (fwd+bwd per iteration)")
     if dev.type == "cuda" and not kernel:

@@ -22,7 +22,6 @@ After ``--warmup`` untimed rounds the contenders are timed in alternation and th
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternating_medians  # noqa: E402
 from cuda_ops._extension import load_corner_pool_ext  # noqa: E402
 from cuda_ops.corner_pool import DIRECTIONS, corner_pool, corner_pool_reference  # noqa: E402
 
@@ -94,14 +95,7 @@ def main() -> None:
     }
     if kernel:
         runs["kernel"] = lambda: timed(corner_pool)
-    for _ in range(args.warmup):
-        for run in runs.values():
-            run()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.iters):
-        for k, run in runs.items():
-            times[k].append(run())
-    med = {k: statistics.median(t) for k, t in times.items()}
+    med = alternating_medians(runs, args.warmup, args.iters)
     print(f"device={dev} threads={torch.get_num_threads()} x={list(shape)} float32 "
           f"directions={','.join(directions)} iters={args.iters} (fwd+bwd per iteration, all "
           f"listed directions)")

@@ -37,7 +37,6 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -47,6 +46,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import alternating_medians  # noqa: E402
 from models.task_modules.distance_sampling import sample_boundary_points  # noqa: E402
 from models.task_modules.mask_from_points import (box_score_maps_loop,  # noqa: E402
                                                   points_to_box_score_maps, points_to_mask)
@@ -150,16 +151,17 @@ def main() -> None:
     contenders = {"vectorised": vectorised, "loop": loop, "paste": paste}
     if not args.skip_reference:
         contenders["reference"] = reference
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for it in range(args.warmup + args.iters):
-        for name, fn in contenders.items():
+    def timed(fn):
+        def run() -> float:
             sync()
             t0 = time.perf_counter()
             fn()
-            dt = time.perf_counter() - t0
-            if it >= args.warmup:
-                times[name].append(dt)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            sync()
+            return time.perf_counter() - t0
+        return run
+
+    seconds = alternating_medians({k: timed(fn) for k, fn in contenders.items()}, args.warmup, args.iters)
+    med = {k: v * 1e3 for k, v in seconds.items()}
     for name, ms in med.items():
         print(f"{name:>10}: {ms:9.1f} ms  ({ms / len(pts_np):.2f} ms per detection)")
     print(f"ratio loop / vectorised: {med['loop'] / med['vectorised']:.2f}")

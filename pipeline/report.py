@@ -215,6 +215,20 @@ def full_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _paper_row_start(row: dict[str, Any], columns: list[str], by_model: dict[str, dict[str, Any]],
+                     notes: list[str]) -> tuple[str, str, list[tuple[str, dict[str, Any]]]]:
+    """A paper-table row's name (with its footnote number; the note is appended to ``notes``),
+    its described cells (``columns``) and our runs of its preset as ``(model, splits)``."""
+    name = row["name"]
+    if row.get("note"):
+        notes.append(row["note"])
+        name += f" [{len(notes)}]"
+    described = "".join(f" {row.get(col, '–')} |" for col in columns)
+    ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
+            == row["preset"]]
+    return name, described, ours
+
+
 def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """One paper's table (``PAPER_TABLES`` entry) with our AP beside the published AP.
 
@@ -244,13 +258,7 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     for row in spec["rows"]:
         pub_v = "–" if row.get("validation") is None else f"{row['validation']:.1f}"
         pub_t = "–" if row.get("test-dev") is None else f"{row['test-dev']:.1f}"
-        name = row["name"]
-        if row.get("note"):
-            notes.append(row["note"])
-            name += f" [{len(notes)}]"
-        described = "".join(f" {row.get(col, '–')} |" for col in columns)
-        ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
-                == row["preset"]]
+        name, described, ours = _paper_row_start(row, columns, by_model, notes)
         if not ours:
             lines.append(f"| {name} |{described} not run | not run | – | – | {pub_v} | {pub_t} |")
             continue
@@ -304,13 +312,7 @@ def paper_tasks_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     notes = []
     for row in spec["rows"]:
         paper = "".join(f" {_pub(row[task][0])} / {_pub(row[task][1])} |" for task, _ in tasks)
-        name = row["name"]
-        if row.get("note"):
-            notes.append(row["note"])
-            name += f" [{len(notes)}]"
-        described = "".join(f" {row.get(col, '–')} |" for col in columns)
-        ours = [(m, s) for m, s in by_model.items() if (s.get("minival") or s.get("test-dev") or {}).get("preset")
-                == row["preset"]]
+        name, described, ours = _paper_row_start(row, columns, by_model, notes)
         if not ours:
             lines.append(f"| {name} |{described}" + " not run |" * len(tasks) + f" – | – |{paper}")
             continue

@@ -25,3 +25,13 @@ def compile_from_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path, op: str) -> 
     assert res.build_dir.is_relative_to(tmp_path) and res.build_dir.name == op
     assert list(res.build_dir.glob("*.so"))
     return res
+
+
+def built_extension_on_gpu(op: str):
+    """``op``'s compiled extension module (built or taken from the cache) for the kernel tests;
+    skips without a CUDA device or nvcc (the kernels are then tested wherever both exist)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if extension.find_cuda_home() is None:
+        pytest.skip("no CUDA toolkit (nvcc)")
+    return extension.build_ext(op).module

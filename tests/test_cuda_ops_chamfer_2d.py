@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import cuda_ops._extension as extension
-from tests.cuda_checks import compile_from_scratch
+from tests.cuda_checks import built_extension_on_gpu, compile_from_scratch
 from cuda_ops import chamfer_2d as chamfer_op
 from cuda_ops.chamfer_2d import _Chamfer2DCUDA, chamfer_distance, chamfer_distance_reference
 from models.losses.chamfer_loss import chamfer_loss_2d
@@ -261,11 +261,7 @@ def test_build_dir_layout_and_build_choices(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def ext():
     """The compiled extension (built or taken from the cache) on a CUDA machine."""
-    if not HAS_CUDA:
-        pytest.skip("no CUDA device")
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    return extension.build_chamfer_2d_ext().module
+    return built_extension_on_gpu("chamfer_2d")
 
 
 def _kernel(ext):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import cuda_ops._extension as extension
-from tests.cuda_checks import compile_from_scratch
+from tests.cuda_checks import built_extension_on_gpu, compile_from_scratch
 from cuda_ops.corner_pool import (
     DIRECTIONS,
     CornerPool,
@@ -187,11 +187,7 @@ def test_build_dir_layout_and_unknown_op(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def ext():
     """The compiled extension (built or taken from the cache) on a CUDA machine."""
-    if not HAS_CUDA:
-        pytest.skip("no CUDA device")
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    return extension.build_corner_pool_ext().module
+    return built_extension_on_gpu("corner_pool")
 
 
 def _kernel(ext, direction: str):

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import cuda_ops._extension as extension
-from tests.cuda_checks import compile_from_scratch
+from tests.cuda_checks import built_extension_on_gpu, compile_from_scratch
 from cuda_ops.deform_roi_pool import (
     DeformRoIPool,
     _deform_roi_pool_cuda,
@@ -64,11 +64,7 @@ def _grads(fn, feats: torch.Tensor, offsets: torch.Tensor | None, grad_out: torc
 @pytest.fixture(scope="module")
 def ext():
     """The compiled extension (built or taken from the cache) on a CUDA machine."""
-    if not HAS_CUDA:
-        pytest.skip("no CUDA device")
-    if extension.find_cuda_home() is None:
-        pytest.skip("no CUDA toolkit (nvcc)")
-    return extension.build_deform_roi_pool_ext().module
+    return built_extension_on_gpu("deform_roi_pool")
 
 
 # --------------------------------------------------------------------------- kernel (CUDA)

@@ -7,14 +7,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class FreezableBackbone(nn.Module):
-    """Mixin: the subclass lists its frozen modules in ``_frozen_modules()`` and sets
+    """Mixin: the subclass lists its frozen modules in ``_frozen_modules()`` (none by default) and sets
     ``norm_eval``; frozen modules get no gradient and stay in eval mode, and with
     ``norm_eval`` every BatchNorm keeps its running statistics during training."""
 
     norm_eval: bool = False
 
     def _frozen_modules(self) -> list[nn.Module]:
-        raise NotImplementedError
+        """The modules kept frozen (ResNet: stem and the first ``frozen_stages`` stages)."""
+        return []
 
     def _freeze_stages(self) -> None:
         for m in self._frozen_modules():
