@@ -147,11 +147,14 @@ def _d2det_roi_head(strides: list[int], fc_out_channels: int, num_rois: int, sam
     }
 
 
-def _resnet_paper(depth: int, dcn: bool = False) -> dict[str, Any]:
+def _resnet_paper(depth: int, dcn_version: int | None = None) -> dict[str, Any]:
+    """The paper-scale torchvision ResNet; ``dcn_version`` 1 (DCNv1) or 2 (modulated DCNv2) puts
+    deformable convs in every C3-C5 bottleneck's 3x3 (one deformable group, strided ones too),
+    ``None`` none. Each family's preset passes the version its official config builds."""
     backbone = dict(FASTER_RCNN_R50_FPN_1X["scales"]["paper"]["model"]["backbone"])
     backbone.update({"depth": depth, "pretrained": f"torchvision://resnet{depth}"})
-    if dcn:
-        backbone.update({"dcn": {"deform_groups": 1, "fallback_on_stride": False},
+    if dcn_version is not None:
+        backbone.update({"dcn": {"deform_groups": 1, "fallback_on_stride": False, "version": dcn_version},
                          "stage_with_dcn": [False, True, True, True]})
     return backbone
 
@@ -166,8 +169,13 @@ def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str,
     mask-IoU FCs. ``max_num_reg`` stays 192 per batch of 8 images (paper: 192 per 2)."""
     frcnn_paper = FASTER_RCNN_R50_FPN_1X["scales"]["paper"]
     frcnn_cpu = FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]
-    paper_rpn = _rpn_head(256, [8.0], [4, 8, 16, 32, 64], allowed_border=0, train_n=2000,
-                          test_n=700 if mask else 1000)
+    paper_rpn = _rpn_head(256, [8.0], [4, 8, 16, 32, 64], allowed_border=0, train_n=2000, test_n=1000)
+    if mask:
+        # D2Det_instance_r101_fpn_2x test.rpn: nms_pre 1000 per level, nms_post 1000 per level,
+        # max_num 700 over the levels (specs/d2det.md §1.3). With nms_post >= max_num, v1's
+        # per-level cut never removes one of the top 700, so nms_pre 1000 + max_per_img 700 here
+        # selects exactly the same proposals (models/dense_heads/rpn_head.py).
+        paper_rpn["test_proposals"] = {**paper_rpn["test_proposals"], "max_per_img": 700}
     paper_instance = {"deconv_channels": 256, "deconv_gn_groups": 16, "iou_fc_channels": 1024} if mask else None
     cpu_instance = {"deconv_channels": 64, "deconv_gn_groups": 16, "iou_fc_channels": 256} if mask else None
     cpu_rpn = dict(frcnn_cpu["model"]["rpn_head"])
@@ -178,7 +186,9 @@ def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str,
         "scales": {
             "paper": {
                 "model": {
-                    "backbone": _resnet_paper(depth, dcn),
+                    # D2Det's DCN config: dcn=dict(type='DCNv2', deformable_groups=1,
+                    # fallback_on_stride=False), i.e. modulated DCNv2 (specs/d2det.md §1)
+                    "backbone": _resnet_paper(depth, 2 if dcn else None),
                     "neck": dict(frcnn_paper["model"]["neck"]),
                     "rpn_head": paper_rpn,
                     "roi_head": _d2det_roi_head([4, 8, 16, 32], 1024, 512, sample_per_part, 1024, 576, 8, 36, 192,
@@ -323,12 +333,30 @@ def _cpm_backbone(arch: str) -> dict[str, Any]:
     """Paper-scale CPM backbones (specs/cpm_rcnn.md §3): torchvision ResNet-50 / ResNet-101, or
     ResNeXt-101 64x4d with deformable convs in every C3-C5 bottleneck (``stage_with_dcn``
     (False, True, True, True), one deformable group, zero-initialised offsets); stem + res2
-    frozen, frozen BN."""
+    frozen, frozen BN. The deformable convs are **DCNv1**, as Pet's ``STAGE_WITH_CONV``
+    'deform' builds them (``DeformConvPack``: an 18-channel offset conv with a bias, grouped
+    main kernel of 64 groups, no modulation mask): 216,929,898 parameters with 80 classes,
+    where DCNv2 would give 219,501,432."""
     if arch == "x101_dcn":
-        backbone = _resnet_paper(101, dcn=True)
+        backbone = _resnet_paper(101, dcn_version=1)
         backbone.update({"groups": 64, "width_per_group": 4, "pretrained": "torchvision://resnext101_64x4d"})
         return backbone
     return _resnet_paper({"r50": 50, "r101": 101}[arch])
+
+
+def _cpm_paper_rpn(grid_rpn: dict[str, Any]) -> dict[str, Any]:
+    """Grid R-CNN's paper RPN with Pet's anchor matching: its ``Matcher`` with
+    ``allow_low_quality_matches`` gives every gt its best anchors whatever their IoU (no
+    ``min_pos_iou``; mmdetection's RPN, which Grid R-CNN uses, asks 0.3). A gt whose best valid
+    anchor has IoU below 0.3 (small or thin objects) therefore still gets a positive anchor,
+    as in the original. Like Pet, nothing guards a gt that overlaps no valid anchor at all
+    (it would claim every zero-IoU anchor); at paper scale that cannot happen: the loader
+    drops boxes without area, and the 32-px anchors at stride 4 that lie inside an image of
+    800 px overlap every point of it. One difference stays: Pet matches every anchor and then
+    drops those crossing the border (``STRADDLE_THRESH`` 0), so a gt whose best anchor
+    straddles gets no low-quality positive; here only the anchors inside the image are
+    matched (mmdetection's order), so its best inside anchor is claimed."""
+    return {**grid_rpn, "assigner": {**grid_rpn["assigner"], "min_pos_iou": 0.0}}
 
 
 def _cpm_rcnn(arch: str) -> dict[str, Any]:
@@ -347,8 +375,7 @@ def _cpm_rcnn(arch: str) -> dict[str, Any]:
 
     Deviations from the official configs, all outside the RoI head: pytorch-style torchvision
     ImageNet weights instead of the converted caffe-style ones (BGR, std 1, stride on the 1x1;
-    spec §6.7); the repository's modulated deformable conv (DCNv2) instead of DCN v1; the RPN
-    keeps its post-NMS top 2000 per image instead of per batch (``FPN_POST_NMS_PER_BATCH``);
+    spec §6.7); the RPN keeps its post-NMS top 2000 per image instead of per batch (``FPN_POST_NMS_PER_BATCH``);
     one SGD parameter group (the reference doubles the bias learning rate and exempts biases
     and GN parameters from weight decay).
 
@@ -370,7 +397,7 @@ def _cpm_rcnn(arch: str) -> dict[str, Any]:
                 "model": {
                     "backbone": _cpm_backbone(arch),
                     "neck": dict(grid_paper["model"]["neck"]),
-                    "rpn_head": dict(grid_paper["model"]["rpn_head"]),
+                    "rpn_head": _cpm_paper_rpn(grid_paper["model"]["rpn_head"]),
                     "roi_head": _cpm_roi_head([4, 8, 16, 32], 1024, 512, point_feat_channels=64, num_convs=8,
                                               gn_groups=36, iou_fc_channels=1024,
                                               max_num_grid=32 if arch == "x101_dcn" else 96, grid_init="pytorch"),
@@ -442,17 +469,20 @@ def _reppoints_head(channels: int, original: bool, giou: bool, v2: bool, corner_
 
 
 def _reppoints_backbone(arch: str, dcn: bool) -> dict[str, Any]:
-    """Paper-scale backbones of the RepPoints tables (specs/reppoints.md §4)."""
+    """Paper-scale backbones of the RepPoints tables (specs/reppoints.md §4). The "dcnv2" rows
+    are modulated DCNv2 in every C3-C5 bottleneck, as the RPv2 configs (``dcn=dict(type='DCNv2',
+    deformable_groups=1, fallback_on_stride=False)``, spec §4)."""
+    dcn_version = 2 if dcn else None
     if arch == "mnv2":
         # RPv2 repo: trainable SyncBN, nothing frozen; torchvision's ImageNet weights replace the
         # repository's cloudstor file (models/backbones/mobilenet_v2.py)
         return {"type": "mobilenet_v2", "widen_factor": 1.0, "out_indices": [3, 6, 13, 17], "frozen_stages": -1,
                 "norm_eval": False, "pretrained": "torchvision://mobilenet_v2"}
     if arch == "x101":
-        backbone = _resnet_paper(101, dcn)
+        backbone = _resnet_paper(101, dcn_version)
         backbone.update({"groups": 64, "width_per_group": 4, "pretrained": "torchvision://resnext101_64x4d"})
         return backbone
-    return _resnet_paper({"r50": 50, "r101": 101}[arch], dcn)
+    return _resnet_paper({"r50": 50, "r101": 101}[arch], dcn_version)
 
 
 def _reppoints(version: int, arch: str = "r50", dcn: bool = False, giou: bool = True, epochs: int = 12,

@@ -498,7 +498,11 @@ def test_paper_presets_architecture_schedule_and_parameter_count():
     x101 = build_model("cpm_rcnn", PRESETS["cpm_rcnn_x101_fpn_dcn"]["scales"]["paper"]["model"], 80,
                        load_pretrained=False)
     block = x101.backbone.layer2[0]
-    assert block.conv2.__class__.__name__ == "ModulatedDeformConv2dPack" and block.conv2.groups == 64
+    # Pet's 'deform' 3x3 is DCNv1 (DeformConvPack): an 18-channel offset conv, no mask
+    assert block.conv2.__class__.__name__ == "DeformConv2dPack" and block.conv2.groups == 64
+    assert not block.conv2.modulated and block.conv2.conv_offset.out_channels == 18
     assert isinstance(x101.backbone.layer1[0].conv2, torch.nn.Conv2d) and x101.backbone.layer1[0].conv2.groups == 64
     assert x101.backbone.layer1[0].conv2.in_channels == 64 * 4  # ResNeXt 64x4d: width 256 in res2
     assert x101.roi_head.max_num_grid == 32
+    # Pet's RPN matcher allows low-quality matches at any IoU (Grid R-CNN / mmdetection: 0.3)
+    assert x101.rpn_head.assigner.min_pos_iou == 0.0 and x101.rpn_head.assigner.match_low_quality

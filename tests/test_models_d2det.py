@@ -226,7 +226,8 @@ def test_paper_presets_architecture_and_parameter_counts():
     assert mh.instance_head is not None and mh.instance_head.mask_logits.out_channels == 80
     assert mh.instance_head.iou_fcs[0].in_features == 577 * 49
     assert mh.soft_nms_method is None and (mh.score_thr, mh.nms_iou) == (0.05, 0.3)
-    assert mask.rpn_head.test_proposals.max_per_img == 700
+    # the instance config's test RPN: 1000 per level before NMS, 700 over the levels after
+    assert (mask.rpn_head.test_proposals.nms_pre, mask.rpn_head.test_proposals.max_per_img) == (1000, 700)
     assert mh.bbox_roi_extractor.levels[0].sample_per_part == 1
 
 

@@ -1,4 +1,4 @@
-"""Modulated deformable conv (DCNv2) layer and its use in the ResNet backbone."""
+"""Deformable conv layers (DCNv1 and modulated DCNv2) and their use in the ResNet backbone."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 from models.backbones.resnet import ResNet
-from models.layers.deform_conv import ModulatedDeformConv2dPack
+from models.layers.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 
 MASK_ONE = 30.0  # sigmoid(30) rounds to 1.0 in float32
 
@@ -49,6 +49,34 @@ def test_at_init_output_is_half_the_conv(bias):
     offset, mask = m.offset_and_mask(x)
     assert offset.shape == (1, 18, 6, 5) and mask.shape == (1, 9, 6, 5)
     assert torch.all(mask == 0.5)
+
+
+@pytest.mark.parametrize("groups, bias", [(1, False), (2, True)])
+def test_dcn_v1_has_18_offset_channels_no_mask_and_equals_the_conv_at_init(groups, bias):
+    torch.manual_seed(0)
+    m = DeformConv2dPack(4, 6, 3, stride=2, padding=1, groups=groups, bias=bias, modulated=False)
+    assert m.conv_offset.out_channels == 18 and m.conv_offset.bias is not None
+    x = torch.randn(2, 4, 11, 9)
+    offset, mask = m.offset_and_mask(x)
+    assert offset.shape == (2, 18, 6, 5) and mask is None
+    # zero offsets, no modulation: exactly the plain convolution with the same kernel
+    torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, 2, 1, 1, groups), rtol=1e-5, atol=1e-5)
+
+
+def test_dcn_v1_samples_where_its_offsets_point():
+    """A whole-pixel offset field shifts the plain conv's input, as DCNv2 with unit masks does."""
+    torch.manual_seed(0)
+    v1 = DeformConv2dPack(3, 4, 3, padding=1, bias=False, modulated=False)
+    v2 = ModulatedDeformConv2dPack(3, 4, 3, padding=1, bias=False)
+    _force_unit_mask(v2)
+    with torch.no_grad():
+        v2.weight.copy_(v1.weight)
+        v1.conv_offset.weight.normal_(0.0, 0.2)  # a non-trivial, input-dependent field
+        v1.conv_offset.bias.normal_(0.0, 0.5)
+        v2.conv_offset.weight[:18].copy_(v1.conv_offset.weight)
+        v2.conv_offset.bias[:18].copy_(v1.conv_offset.bias)
+    x = torch.randn(1, 3, 7, 8)
+    torch.testing.assert_close(v1(x), v2(x), rtol=1e-5, atol=1e-5)
 
 
 def test_offset_channels_are_dy_then_dx_per_tap():
@@ -102,7 +130,7 @@ def test_layer_validates_its_arguments():
 
 
 def _dcn_convs(net: nn.Module) -> list[str]:
-    return [n for n, m in net.named_modules() if isinstance(m, ModulatedDeformConv2dPack)]
+    return [n for n, m in net.named_modules() if isinstance(m, DeformConv2dPack)]
 
 
 def test_resnet50_with_dcn_builds_forwards_and_loads_a_plain_checkpoint(tmp_path):
@@ -170,6 +198,14 @@ def test_resnet_dcn_options():
     assert len(_dcn_convs(resnext)) == 3 + 3
     resnext(torch.randn(1, 3, 64, 64))
 
+    # DCNv1 (CPM R-CNN's Pet backbone): offsets only, 18 channels per deformable group
+    v1 = ResNet(depth=50, base_channels=8, groups=2, width_per_group=8, dcn=dict(version=1),
+                stage_with_dcn=(False, True, True, True))
+    convs = [v1.get_submodule(n) for n in _dcn_convs(v1)]
+    assert len(convs) == 13 and all(not c.modulated and c.conv_offset.out_channels == 18 for c in convs)
+    assert not any(c.conv_offset.weight.any() for c in convs)  # the ResNet init keeps them at zero
+    v1(torch.randn(1, 3, 64, 64))
+
     # dcn given but no stage enabled: a plain network
     assert not _dcn_convs(ResNet(depth=50, base_channels=8, dcn=dict()))
 
@@ -185,3 +221,5 @@ def test_resnet_dcn_errors_are_clear():
         ResNet(depth=50, dcn=dict(deformable_groups=1), stage_with_dcn=(False, True, True, True))
     with pytest.raises(ValueError, match="deform_groups"):
         ResNet(depth=50, dcn=dict(deform_groups=0), stage_with_dcn=(False, True, True, True))
+    with pytest.raises(ValueError, match="dcn.version"):
+        ResNet(depth=50, dcn=dict(version=3), stage_with_dcn=(False, True, True, True))

@@ -67,8 +67,10 @@ def test_rpn_ignore_regions_change_the_sampled_anchors():
     assert ignored["loss_rpn_bbox"].item() == 0.0 < plain["loss_rpn_bbox"].item()
 
 
-def _reference_proposals(head: RPNHead, cls, reg, image_sizes, cfg):
-    """mmdetection v1 loop: per image, per level top-k, decode, NMS, keep nms_post; then top max_num."""
+def _reference_proposals(head: RPNHead, cls, reg, image_sizes, cfg, nms_post=None):
+    """mmdetection v1 loop: per image, per level top-k, decode, NMS, keep nms_post (default
+    max_num); then top max_num."""
+    nms_post = cfg.max_per_img if nms_post is None else nms_post
     anchors = head.anchor_generator.grid_anchors([c.shape[-2:] for c in cls])
     out = []
     for i, (h, w) in enumerate(image_sizes):
@@ -83,7 +85,7 @@ def _reference_proposals(head: RPNHead, cls, reg, image_sizes, cfg):
             b = head.bbox_coder.decode(a, d, (h, w))
             valid = ((b[:, 2] - b[:, 0]) > cfg.min_bbox_size) & ((b[:, 3] - b[:, 1]) > cfg.min_bbox_size)
             b, s = b[valid], s[valid]
-            keep = nms(b, s, cfg.nms_iou)[: cfg.max_per_img]  # nms_post = max_num
+            keep = nms(b, s, cfg.nms_iou)[:nms_post]
             boxes_all.append(b[keep])
             scores_all.append(s[keep])
         b, s = torch.cat(boxes_all), torch.cat(scores_all)
@@ -97,9 +99,13 @@ def test_rpn_proposals_equal_the_per_level_v1_reference():
     with torch.no_grad():
         cls, reg = head(_features(seed=3))
         reg = [r * 20 for r in reg]  # spread the boxes so that NMS has work to do
-    for cfg in (head.train_proposals, head.test_proposals, ProposalConfig(50, 30, 0.5, min_bbox_size=4.0)):
+    # the last two: nms_post above max_num, as D2Det's instance test RPN (1000 per level, 700 in all)
+    cases = [(head.train_proposals, None), (head.test_proposals, None),
+             (ProposalConfig(50, 30, 0.5, min_bbox_size=4.0), None), (ProposalConfig(50, 30, 0.5), 50),
+             (ProposalConfig(1000, 700, 0.7), 1000)]
+    for cfg, nms_post in cases:
         boxes, scores = head.get_proposals(cls, reg, IMAGE_SIZES, cfg)
-        reference = _reference_proposals(head, cls, reg, IMAGE_SIZES, cfg)
+        reference = _reference_proposals(head, cls, reg, IMAGE_SIZES, cfg, nms_post)
         for b, s, (rb, rs), (h, w) in zip(boxes, scores, reference, IMAGE_SIZES):
             assert b.shape[0] <= cfg.max_per_img and b.shape == (s.shape[0], 4)
             assert (s[:-1] >= s[1:]).all()  # sorted by score

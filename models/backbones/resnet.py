@@ -13,13 +13,14 @@ ResNeXt rule), its output ``4 * planes``. ``base_channels=64`` is the standard n
 ``32`` is the half-width network used at the CPU scale. ResNeXt-101 64x4d is
 ``depth=101, groups=64, width_per_group=4``.
 
-Deformable convolution (mmdetection's ``dcn=dict(type='DCNv2', ...)``, ``stage_with_dcn``):
-in the enabled stages every bottleneck's 3x3 ``conv2`` is a
-:class:`~models.layers.deform_conv.ModulatedDeformConv2dPack` with the same geometry. Its
-kernel keeps the name ``layerK.J.conv2.weight``, so torchvision checkpoints still load; the
-offset predictors ``layerK.J.conv2.conv_offset.{weight,bias}`` are new, start at zero and are
-the only keys a plain checkpoint may lack. At init (zero offsets, masks ``sigmoid(0) = 0.5``)
-such a conv outputs half of the plain conv with the same kernel, as in mmdetection.
+Deformable convolution (mmdetection's ``dcn=dict(type='DCNv2' | 'DCN', ...)``,
+``stage_with_dcn``; Pet's ``STAGE_WITH_CONV``): in the enabled stages every bottleneck's 3x3
+``conv2`` is a :class:`~models.layers.deform_conv.DeformConv2dPack` with the same geometry,
+modulated (DCNv2, ``dcn.version: 2``) or not (DCNv1, ``dcn.version: 1``). Its kernel keeps the
+name ``layerK.J.conv2.weight``, so torchvision checkpoints still load; the offset predictors
+``layerK.J.conv2.conv_offset.{weight,bias}`` are new, start at zero and are the only keys a
+plain checkpoint may lack. At init (zero offsets) a DCNv1 conv equals the plain conv with the
+same kernel; a DCNv2 conv (masks ``sigmoid(0) = 0.5``) outputs half of it, as in mmdetection.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from models.backbones.freezing import FreezableBackbone
-from models.layers.deform_conv import ModulatedDeformConv2dPack
+from models.layers.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 from models.layers.norm import build_norm
 
 # depth -> (block kind, blocks per stage)
@@ -54,16 +55,20 @@ class DCNConfig:
         deform_groups: channel groups with their own offset/mask field (mmdetection's
             ``deformable_groups``).
         fallback_on_stride: keep the strided 3x3 convs (first block of a stage) plain.
+        version: 2 = modulated DCNv2 (mmdetection's ``DCNv2``: 27-channel offset/mask conv for
+            one deformable group), 1 = DCNv1 (``DeformConvPack``: 18-channel offset conv, no
+            mask).
     """
 
     deform_groups: int = 1
     fallback_on_stride: bool = False
+    version: int = 2
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> "DCNConfig":
         if not isinstance(cfg, Mapping):
             raise ValueError(f"dcn must be a dict or None, got {type(cfg).__name__}")
-        allowed = {"deform_groups", "fallback_on_stride"}
+        allowed = {"deform_groups", "fallback_on_stride", "version"}
         unknown = sorted(set(cfg) - allowed)
         if unknown:
             raise ValueError(f"dcn: unknown keys {unknown}; allowed keys are {sorted(allowed)}")
@@ -73,7 +78,10 @@ class DCNConfig:
             raise ValueError(f"dcn.deform_groups must be a positive int, got {deform_groups!r}")
         if not isinstance(fallback_on_stride, bool):
             raise ValueError(f"dcn.fallback_on_stride must be a bool, got {fallback_on_stride!r}")
-        return cls(deform_groups=deform_groups, fallback_on_stride=fallback_on_stride)
+        version = cfg.get("version", 2)
+        if isinstance(version, bool) or version not in (1, 2):
+            raise ValueError(f"dcn.version must be 1 (DCNv1) or 2 (modulated DCNv2), got {version!r}")
+        return cls(deform_groups=deform_groups, fallback_on_stride=fallback_on_stride, version=version)
 
 
 class BasicBlock(nn.Module):
@@ -121,8 +129,8 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided, grouped), 1x1 expand. Output channels = ``4 * planes``.
 
-    With ``dcn`` the 3x3 ``conv2`` is a modulated deformable conv (unless
-    ``dcn.fallback_on_stride`` and ``stride > 1``); its kernel is still ``conv2.weight``.
+    With ``dcn`` the 3x3 ``conv2`` is a deformable conv, DCNv1 or DCNv2 by ``dcn.version``
+    (unless ``dcn.fallback_on_stride`` and ``stride > 1``); its kernel is still ``conv2.weight``.
     """
 
     expansion = 4
@@ -144,7 +152,8 @@ class Bottleneck(nn.Module):
         self.bn1 = build_norm(norm, width)
         self.conv2: nn.Module
         if dcn is not None and not (dcn.fallback_on_stride and stride > 1):
-            self.conv2 = ModulatedDeformConv2dPack(
+            dcn_cls = ModulatedDeformConv2dPack if dcn.version == 2 else DeformConv2dPack
+            self.conv2 = dcn_cls(
                 width, width, 3, stride=stride, padding=1, groups=groups, deform_groups=dcn.deform_groups, bias=False
             )
         else:
@@ -226,13 +235,15 @@ class ResNet(FreezableBackbone):
         pretrained: ``None``, a path to a torchvision-format state dict, or
             ``"torchvision://<name>"`` (e.g. ``resnet50``).
         dcn: ``None`` (no deformable conv) or a dict with keys ``deform_groups`` (int,
-            default 1) and ``fallback_on_stride`` (bool, default False: the strided 3x3 of a
-            stage's first block is deformable too, as D2Det's DCN config; True keeps it plain).
+            default 1), ``fallback_on_stride`` (bool, default False: the strided 3x3 of a
+            stage's first block is deformable too, as D2Det's DCN config; True keeps it plain)
+            and ``version`` (2, default: modulated DCNv2, as D2Det and RepPoints; 1: DCNv1, as
+            CPM R-CNN's Pet code).
             Used by the stages enabled in ``stage_with_dcn``; bottleneck depths only. (mmdetection
             v1's code reads ``fallback_on_stride=True`` more bluntly, as "no DCN in any block";
             no preset uses True, and this is the stride-only meaning the name states.)
         stage_with_dcn: 4 bools, one per stage (``layer1`` .. ``layer4``): whether its
-            bottlenecks' 3x3 convs are modulated deformable convs (DCNv2). Any True requires
+            bottlenecks' 3x3 convs are deformable convs (of ``dcn.version``). Any True requires
             ``dcn``. D2Det/mmdetection: ``(False, True, True, True)``.
 
     Attributes:
@@ -327,7 +338,7 @@ class ResNet(FreezableBackbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         for m in self.modules():
-            if isinstance(m, ModulatedDeformConv2dPack):
+            if isinstance(m, DeformConv2dPack):
                 # Main kernel as the plain conv it replaces; the loop above also hit the
                 # offset predictor (an nn.Conv2d), which must start at zero.
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -374,7 +385,7 @@ class ResNet(FreezableBackbone):
         return [
             f"{name}.conv_offset.{p}"
             for name, m in self.named_modules()
-            if isinstance(m, ModulatedDeformConv2dPack)
+            if isinstance(m, DeformConv2dPack)
             for p in ("weight", "bias")
         ]
 
