@@ -441,7 +441,11 @@ def test_paper_presets_architecture_schedule_and_parameter_count():
             (depth, groups, width, 1, True)
         assert (b.get("stage_with_dcn") == [False, True, True, True]) == dcn and (b.get("dcn") is not None) == dcn
         assert paper["model"]["neck"] == grid_paper["model"]["neck"]
-        assert paper["model"]["rpn_head"] == grid_paper["model"]["rpn_head"] and paper["data"] == grid_paper["data"]
+        # Grid R-CNN's RPN but Pet's matcher: low-quality matches at any IoU (min_pos_iou 0, not 0.3)
+        rpn, grid_rpn = paper["model"]["rpn_head"], grid_paper["model"]["rpn_head"]
+        assert {**rpn, "assigner": None} == {**grid_rpn, "assigner": None} and paper["data"] == grid_paper["data"]
+        assert rpn["assigner"] == {**grid_rpn["assigner"], "min_pos_iou": 0.0}
+        assert not dcn or b["dcn"]["version"] == 1  # Pet's 'deform' conv is DCNv1
         sched = paper["schedule"]
         assert (sched["epochs"], sched["lr"], sched["images_per_gpu"] * sched["num_gpus"], sched["warmup_iters"],
                 sched["warmup_ratio"]) == (25, 0.02, 16, 500, 0.1)
