@@ -14,12 +14,16 @@ timed in alternation after ``--warmup`` rounds, median of ``--iters``:
   on the same M x M grid (the per-instance peer with identical output);
 - ``reference``: the reference's own per-instance method, :func:`points_to_mask` per detection
   (``griddata`` at every pixel of the box, pasted into a full-image mask);
+- ``full``: :func:`points_to_full_masks`, the reference's full-resolution masks batched (the
+  mask step of ``mask_resolution: full``; its output needs no paste);
 - ``paste``: :func:`pipeline.evaluation.paste_masks` of the vectorised maps (what the
   evaluation does with them; the reference's masks need no paste), reported for completeness.
 
 Printed: the medians, the ratios loop / vectorised and reference / vectorised (> 1 means the
-vectorised step is faster), the max |vectorised - loop| and the mean IoU of the pasted masks
-with the reference masks. Timings never fail the run.
+vectorised step is faster), full / (vectorised + paste) (the cost of full resolution against the
+box grid, both as the evaluation uses them) and reference / full, the max |vectorised - loop|
+and the mean IoU of the pasted masks and of the full-resolution masks with the reference
+masks. Timings never fail the run.
 
 ``OPENBLAS_NUM_THREADS`` is pinned to 1 (unless set): with OpenBLAS threads, ``griddata``'s many
 tiny per-triangle LAPACK calls were ~20x slower on the 2-core development machine, which would
@@ -50,7 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import alternating_medians  # noqa: E402
 from models.task_modules.distance_sampling import sample_boundary_points  # noqa: E402
 from models.task_modules.mask_from_points import (box_score_maps_loop,  # noqa: E402
-                                                  points_to_box_score_maps, points_to_mask)
+                                                  points_to_box_score_maps, points_to_full_masks,
+                                                  points_to_mask)
 from pipeline.evaluation import paste_masks  # noqa: E402
 
 IMAGE = (800, 1333)
@@ -148,7 +153,10 @@ def main() -> None:
     def paste():
         return paste_masks(maps[:, None], boxes, IMAGE)
 
-    contenders = {"vectorised": vectorised, "loop": loop, "paste": paste}
+    def full():
+        return points_to_full_masks(pts, scores, boxes, IMAGE, num_threads=threads)
+
+    contenders = {"vectorised": vectorised, "loop": loop, "paste": paste, "full": full}
     if not args.skip_reference:
         contenders["reference"] = reference
     def timed(fn):
@@ -169,6 +177,9 @@ def main() -> None:
         print(f"ratio reference / vectorised: {med['reference'] / med['vectorised']:.2f}  "
               f"(reference / (vectorised + paste): "
               f"{med['reference'] / (med['vectorised'] + med['paste']):.2f})")
+    print(f"ratio full / (vectorised + paste): {med['full'] / (med['vectorised'] + med['paste']):.2f}")
+    if "reference" in med:
+        print(f"ratio reference / full: {med['reference'] / med['full']:.2f}")
     diff = (maps.cpu() - loop()).abs().max().item()
     print(f"max |vectorised - loop| = {diff:.2e}")
     if "reference" in med:
@@ -177,6 +188,10 @@ def main() -> None:
         inter = (ref & ours).sum((1, 2))
         union = np.maximum((ref | ours).sum((1, 2)), 1)
         print(f"mean IoU(pasted vectorised, reference) = {np.mean(inter / union):.4f}")
+        exact = full()
+        inter = (ref & exact).sum((1, 2))
+        union = np.maximum((ref | exact).sum((1, 2)), 1)
+        print(f"mean IoU(full, reference) = {np.mean(inter / union):.4f}")
 
 
 if __name__ == "__main__":

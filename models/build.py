@@ -84,7 +84,7 @@ RepPoints V2 (``detector: reppoints_v2``) has the same layout with RepPointsV2He
 Dense RepPoints (``detector: dense_reppoints`` / ``dense_reppoints_v2``) has the same layout with
 DenseRepPointsHead / DenseRepPointsV2Head kwargs (``num_group``, ``num_score_group``,
 ``stacked_mask_convs``, ``mask_size``, ``dist_sample_thr``, the Chamfer / point-score / contour /
-foreground loss settings) and ``test.{pts_score_thr, mask_out_size}`` (V2 also
+foreground loss settings) and ``test.{pts_score_thr, mask_out_size, mask_resolution}`` (V2 also
 ``contour_score_thr``, ``contour_snapping``); it needs ``data.with_masks: true``.
 """
 from __future__ import annotations

@@ -93,6 +93,31 @@ def paste_masks(mask_probs: torch.Tensor, boxes: torch.Tensor, orig_size: tuple[
     return out
 
 
+def instance_masks(output: dict[str, torch.Tensor], order: torch.Tensor, boxes: torch.Tensor,
+                   target: dict[str, Any]) -> np.ndarray | None:
+    """Binary masks ``(K, h0, w0)`` uint8 of the detections ``order`` of one image's output, in
+    the original image; ``None`` when the model predicts no masks.
+
+    ``boxes``: the same detections' boxes in original-image pixels (:func:`to_original_coords`).
+    Two representations: ``masks`` (K, 1, M, M) probabilities over each box, pasted by
+    :func:`paste_masks`; or ``mask_points`` (K, N, 2) resized-image (x, y) with
+    ``mask_point_scores`` (K, N) (Dense RepPoints with ``mask_resolution: full``), mapped to the
+    original image and interpolated at every pixel of the box there, thresholded at 0.5, as the
+    reference's ``get_seg_masks`` (:func:`~models.task_modules.mask_from_points.points_to_full_masks`).
+    """
+    if "masks" in output:
+        return paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])
+    if "mask_points" in output:
+        from models.task_modules.mask_from_points import points_to_full_masks
+
+        sx, sy = (float(v) for v in target["scale_factor"])
+        points = output["mask_points"][order.to(output["mask_points"].device)].detach().float().cpu()
+        points = points / torch.tensor([sx, sy])
+        scores = output["mask_point_scores"][order.to(output["mask_point_scores"].device)].detach().cpu()
+        return points_to_full_masks(points, scores, boxes, target["orig_size"]).astype(np.uint8)
+    return None
+
+
 def detections_to_coco(
     output: dict[str, torch.Tensor],
     target: dict[str, Any],
@@ -103,7 +128,8 @@ def detections_to_coco(
 
     Args:
         output: ``boxes`` (K,4) resized-image xyxy, ``scores`` (K,), ``labels`` (K,)
-            contiguous, optionally ``masks`` (K,1,M,M) probabilities and ``mask_scores``
+            contiguous, optionally ``masks`` (K,1,M,M) probabilities (or ``mask_points`` and
+            ``mask_point_scores``, see :func:`instance_masks`) and ``mask_scores``
             (K,) (the segm records' scores; the box scores by default).
         target: the dataset's target for the image (``image_id``, ``scale_factor``,
             ``orig_size``).
@@ -130,8 +156,8 @@ def detections_to_coco(
         for b, s, l in zip(xywh.tolist(), scores.tolist(), labels.tolist())
     ]
     segm_records: list[dict[str, Any]] = []
-    if "masks" in output:
-        masks = paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])
+    masks = instance_masks(output, order, boxes, target)
+    if masks is not None:
         mask_scores = scores
         if "mask_scores" in output:  # e.g. D2Det: class score + 0.3 * predicted mask IoU
             mask_scores = output["mask_scores"].detach().float().cpu()[order]

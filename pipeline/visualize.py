@@ -23,7 +23,7 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 
 from pipeline.checkpoint import atomic_write_bytes
 from pipeline.data.collate import collate_detection
-from pipeline.evaluation import paste_masks, to_original_coords
+from pipeline.evaluation import instance_masks, to_original_coords
 
 MIN_SHORT_SIDE = 320
 BOX_WIDTH = 2
@@ -219,8 +219,9 @@ def draw_output(
     Args:
         image: UInt8Tensor [3, H0, W0], the original image.
         out: the detector's output for it (``boxes`` in resized-image pixels, ``scores``,
-            ``labels``, optionally ``masks`` (K, 1, M, M) probabilities and ``points`` (K, N, 2)
-            resized-image pixels).
+            ``labels``, optionally masks (``masks`` (K, 1, M, M) probabilities, or
+            ``mask_points``: see :func:`pipeline.evaluation.instance_masks`) and ``points``
+            (K, N, 2) resized-image pixels).
         target: the dataset target (``scale_factor``, ``orig_size``) that maps boxes back.
         gt_boxes: optional FloatTensor [G, 4] original-image boxes drawn thin white.
     Returns:
@@ -231,9 +232,9 @@ def draw_output(
     labels = out["labels"].detach().cpu()
     masks = points = None
     keep = scores >= score_thr
-    if "masks" in out:
-        probs = out["masks"][keep.to(out["masks"].device)]
-        masks = torch.from_numpy(paste_masks(probs, boxes[keep], target["orig_size"])).bool()
+    pasted = instance_masks(out, torch.nonzero(keep).squeeze(1), boxes[keep], target)
+    if pasted is not None:
+        masks = torch.from_numpy(pasted).bool()
     if "points" in out:
         sx, sy = (float(v) for v in target["scale_factor"][:2])
         points = out["points"][keep.to(out["points"].device)].detach().float().cpu() / torch.tensor([sx, sy])

@@ -14,7 +14,7 @@ from models.roi_heads.d2det_instance_head import (mask_area_ratios, mask_iou_tar
 from models.roi_heads.d2det_roi_head import D2DetRoIHead
 from models.summary import preset_counts
 from models.task_modules.samplers import SamplingResult
-from tests.detection_checks import best_match_iou, overfit, total_loss
+from tests.detection_checks import mean_ratio, overfit, top_k_match_iou, total_loss
 
 DET, MASK = "d2det_r50_fpn", "d2det_r101_fpn_mask"
 NUM_CLASSES = 3
@@ -186,23 +186,27 @@ def test_instance_targets_by_hand():
     assert overlap.shape == (2, 49) and overlap[0].sum() >= 40
 
 
+@pytest.mark.trajectory
 @pytest.mark.parametrize("preset", [DET, MASK])
-def test_overfits_one_synthetic_batch(preset):
-    """A few dozen iterations on one batch drive the loss down and the refined boxes onto the gt."""
+def test_overfits_one_synthetic_batch(preset, record_property):
+    """80 iterations on one batch drive the loss down (and the dense regression's own loss), and
+    every gt is found at IoU > 0.5 among the 10 top-scoring detections of its image."""
     with_masks = preset == MASK
     model = _model(preset, seed=0, num_rois=64)
     images, targets = _batch(with_masks)
     sizes = [(160, 160)] * 2
     regs: list[float] = []
     history = overfit(model, images, sizes, targets, 80, on_losses=lambda l: regs.append(l["loss_reg"].item()))
-    assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
-    assert sum(regs[-3:]) < 0.6 * sum(regs[:3]), regs  # the dense regression itself learned
     model.eval()
     with torch.no_grad():
         dets = model(images, sizes)
-    for det, target in zip(dets, targets):
-        best = best_match_iou(det, target)
-        assert (best > 0.5).all(), (best, det["boxes"][:5], det["scores"][:5])
+    found = torch.cat([top_k_match_iou(det, target, 10) for det, target in zip(dets, targets)])
+    record_property("loss_ratio", mean_ratio(history, 3))
+    record_property("reg_ratio", mean_ratio(regs, 3))
+    record_property("min_gt_iou", found.min().item())
+    assert mean_ratio(history, 3) < 0.5, history
+    assert mean_ratio(regs, 3) < 0.6, regs  # the dense regression itself learned
+    assert (found > 0.5).all(), (found, [d["boxes"][:5] for d in dets])
 
 
 def test_paper_presets_architecture_and_parameter_counts():

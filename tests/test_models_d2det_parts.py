@@ -197,7 +197,8 @@ def test_random_jitter_stays_in_image_and_within_amplitude():
     assert ((cx - 30).abs() <= 40 * 0.15 + 1e-4).all() and (cx - 30).abs().max() > 1.0
 
 
-def test_head_training_drives_average_box_onto_gt():
+@pytest.mark.trajectory
+def test_head_training_drives_average_box_onto_gt(record_property):
     head = _small_head(1)
     torch.manual_seed(2)
     feat = torch.randn(1, 16, 14, 14)
@@ -214,4 +215,5 @@ def test_head_training_drives_average_box_onto_gt():
         reg, ov = head(feat)
         box = head.predict_boxes(reg, ov, proposal, (200, 200))
     iou = aligned_iou_legacy(box, gt).item()
+    record_property("iou", iou)
     assert iou > 0.8, (box, iou)

@@ -1,6 +1,8 @@
 """Dense RepPoints mask step (spec reppoints.md §3.5): the batched interpolation of scored
 points onto the M x M box cells (``points_to_box_score_maps``) against the per-detection
-``griddata`` loop on the same grid, shapes rebuilt through ``paste_masks``, and degenerate input."""
+``griddata`` loop on the same grid, shapes rebuilt through ``paste_masks``, and degenerate input;
+the full-resolution masks (``points_to_full_masks``) against the reference's per-detection
+``points_to_mask``."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +14,8 @@ from scipy.spatial import QhullError
 from models.task_modules import mask_from_points as mfp
 from models.task_modules.distance_sampling import sample_boundary_points
 from models.task_modules.mask_from_points import (box_cell_anchors, box_score_maps_loop,
-                                                  points_to_box_score_maps)
+                                                  points_to_box_score_maps, points_to_full_masks,
+                                                  points_to_mask)
 from pipeline.evaluation import paste_masks
 
 
@@ -193,6 +196,43 @@ def test_rejects_bad_shapes():
         points_to_box_score_maps(torch.zeros(2, 5, 2), torch.zeros(2, 4), torch.zeros(2, 4))
     with pytest.raises(ValueError):
         points_to_box_score_maps(torch.zeros(2, 5, 2), torch.zeros(2, 5), torch.zeros(3, 4))
+
+
+def _full_masks_loop(pts: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor, size) -> np.ndarray:
+    out = [points_to_mask(p.numpy(), s.numpy(), b.tolist(), size) for p, s, b in zip(pts, scores, boxes)]
+    return np.stack(out) if out else np.zeros((0, *size), bool)
+
+
+def test_full_resolution_masks_equal_the_reference_loop():
+    pts, scores, boxes = _band_points(np.random.default_rng(21), 12, n_pts=300)
+    size = (800, 1333)
+    fast = points_to_full_masks(pts, scores, boxes, size)
+    slow = _full_masks_loop(pts, scores, boxes, size)
+    assert fast.shape == slow.shape == (12, *size) and fast.dtype == bool
+    # the same triangulation and interpolant; a node may only differ where the value is within
+    # rounding of the threshold (none here)
+    assert (fast != slow).sum() == 0 and 0.05 < fast.sum() / (boxes[:, 2:] - boxes[:, :2]).prod(1).sum() < 0.95
+    # boxes partly outside the image are clipped, as the reference's integer box
+    shifted = boxes + torch.tensor([700.0, 400.0, 700.0, 400.0])
+    fast = points_to_full_masks(pts + torch.tensor([700.0, 400.0]), scores, shifted, size)
+    slow = _full_masks_loop(pts + torch.tensor([700.0, 400.0]), scores, shifted, size)
+    assert (fast != slow).sum() == 0
+
+
+def test_full_resolution_degenerate_input():
+    n = 40
+    t = torch.linspace(0, 1, n)
+    vertical = torch.stack([torch.full((n,), 33.0), 20 + 40 * t], 1)  # a zero-width box
+    nan = torch.full((n, 2), float("nan"))
+    pts = torch.stack([vertical, nan])
+    boxes = torch.tensor([[33.0, 20.0, 33.0, 60.0], [10.0, 10.0, 20.0, 20.0]])
+    fast = points_to_full_masks(pts, torch.ones(2, n), boxes, (100, 120))
+    assert fast.shape == (2, 100, 120)
+    assert (fast == _full_masks_loop(pts, torch.ones(2, n), boxes, (100, 120))).all()
+    assert not fast[1].any()  # nothing finite: only the score-0 anchors
+    assert points_to_full_masks(torch.zeros(0, 5, 2), torch.zeros(0, 5), torch.zeros(0, 4), (9, 7)).shape == (0, 9, 7)
+    with pytest.raises(ValueError):
+        points_to_full_masks(torch.zeros(2, 5, 2), torch.zeros(2, 4), torch.zeros(2, 4), (9, 7))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -19,7 +19,7 @@ from models.summary import preset_counts
 from models.task_modules.assigners import MaxIoUAssigner
 from models.task_modules.atss_assigner import ATSSAssigner
 from models.task_modules.point_generator import PointGenerator
-from tests.detection_checks import best_match_iou, overfit, rectangles_batch, total_loss
+from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou, total_loss
 
 ORIG, GIOU = "reppoints_moment_r50_fpn_gn_1x", "reppoints_v1_r50_fpn_giou_1x"
 NUM_CLASSES = 3
@@ -300,8 +300,9 @@ def test_training_requires_valid_targets():
         build_model("reppoints", cfg, 3)
 
 
+@pytest.mark.trajectory
 @pytest.mark.parametrize("preset", [ORIG, GIOU])
-def test_overfits_one_synthetic_batch(preset):
+def test_overfits_one_synthetic_batch(preset, record_property):
     """60 iterations on one batch of 2 images drive the loss below half and the boxes of the
     refined points onto every gt (~9 s each with one thread). Seed 0; the original V1 (MaxIoU
     refine assigner) is the slower learner of the 20 px object (seeds 0-2 pass, seed 3 not yet)."""
@@ -309,13 +310,14 @@ def test_overfits_one_synthetic_batch(preset):
     images, targets = rectangles_batch()
     sizes = [(160, 160)] * 2
     history = overfit(model, images, sizes, targets, 60)
-    assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
     model.eval()
     with torch.no_grad():
         dets = model(images, sizes)
-    for det, target in zip(dets, targets):
-        best = best_match_iou(det, target)
-        assert (best > 0.5).all(), (best, det["boxes"][:5], det["scores"][:5])
+    found = torch.cat([top_k_match_iou(det, target, 10) for det, target in zip(dets, targets)])
+    record_property("loss_ratio", mean_ratio(history, 3))
+    record_property("min_gt_iou", found.min().item())
+    assert mean_ratio(history, 3) < 0.5, history
+    assert (found > 0.5).all(), (found, [d["boxes"][:5] for d in dets])
 
 
 # ------------------------------------------------------------------ paper presets

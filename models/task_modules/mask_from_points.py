@@ -227,13 +227,16 @@ def _ragged_arange(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torc
 
 
 def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
-               tri_det: torch.Tensor, out: torch.Tensor, mask_size: int) -> None:
+               tri_det: torch.Tensor, out: torch.Tensor, grid_w: torch.Tensor, grid_h: torch.Tensor,
+               grid_start: torch.Tensor) -> None:
     """Evaluate each triangle's linear interpolant at the grid nodes it covers and write it
-    into ``out`` (float64 [K * M * M], flattened ``[K, M(y), M(x)]``).
+    into ``out`` (float64, the detections' grids one after the other, each flattened row-major:
+    node ``(x, y)`` of detection ``k`` at ``grid_start[k] + y * grid_w[k] + x``).
 
-    ``verts`` [V, 2] cell-frame vertices (float64), ``values`` [V], ``tris`` [T, 3] vertex
-    indices, ``tri_det`` [T] the detection of each triangle. Scanline rasterisation, batched
-    over all triangles of all detections:
+    ``verts`` [V, 2] grid-frame vertices (float64; node ``(x, y)`` at the integers
+    ``0 .. grid_w - 1``, ``0 .. grid_h - 1``), ``values`` [V], ``tris`` [T, 3] vertex indices,
+    ``tri_det`` [T] the detection of each triangle; ``grid_w``, ``grid_h``, ``grid_start`` [K]
+    long. Scanline rasterisation, batched over all triangles of all detections:
 
     1. per triangle: its plane ``value = gx x + gy y + c`` and, per edge, the line
        ``x = alpha y + beta`` where the barycentric coordinate of the opposite vertex is
@@ -249,7 +252,9 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
     the hull) keeps 0. Triangles of zero area are skipped. Every tensor is 1-D and contiguous
     and every gather an ``index_select`` (much faster on CPU than strided or fancy indexing).
     """
-    m = mask_size
+    tri_det = tri_det.long()
+    tri_w = grid_w.index_select(0, tri_det).to(torch.float64)
+    tri_h = grid_h.index_select(0, tri_det).to(torch.float64)
     vx, vy = verts[:, 0].contiguous(), verts[:, 1].contiguous()
     corners = tris.t().contiguous()
     ia, ib, ic = corners[0], corners[1], corners[2]
@@ -288,12 +293,12 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
         packed += [torch.where(m2, forms[2][j], torch.where(m1, forms[1][j], forms[0][j]))
                    for j in (0, 1)]
     x_lo = torch.ceil(torch.minimum(torch.minimum(ax, bx), cx) - BARY_TOL).clamp_(min=0)
-    x_hi = torch.floor(torch.maximum(torch.maximum(ax, bx), cx) + BARY_TOL).clamp_(max=m - 1)
+    x_hi = torch.minimum(torch.floor(torch.maximum(torch.maximum(ax, bx), cx) + BARY_TOL), tri_w - 1)
     y_lo = torch.ceil(torch.minimum(torch.minimum(ay, by), cy) - BARY_TOL).clamp_(min=0)
-    y_hi = torch.floor(torch.maximum(torch.maximum(ay, by), cy) + BARY_TOL).clamp_(max=m - 1)
+    y_hi = torch.minimum(torch.floor(torch.maximum(torch.maximum(ay, by), cy) + BARY_TOL), tri_h - 1)
     rows = torch.where(ok & (x_hi >= x_lo), (y_hi - y_lo + 1).clamp(min=0),
                        torch.zeros_like(y_lo)).long()
-    grid_off = (tri_det.long() * (m * m)).to(torch.float64)
+    grid_off = grid_start.index_select(0, tri_det).to(torch.float64)
     # chunks of whole triangles with at most ~MAX_PAIRS_PER_CHUNK bounding-box nodes
     ends = torch.cumsum(rows * (x_hi - x_lo + 1).clamp(min=0).long(), 0).cpu()
     num_tris = len(rows)
@@ -311,8 +316,9 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
         r_tri = r_tri + sel.start
         g = [t.index_select(0, r_tri) for t in packed]
         y = y_lo.index_select(0, r_tri) + r_off
+        row_w = tri_w.index_select(0, r_tri)
         lower = torch.ceil(torch.maximum(g[0] * y + g[1], g[2] * y + g[3])).clamp_(min=0)
-        upper = torch.floor(torch.minimum(g[4] * y + g[5], g[6] * y + g[7])).clamp_(max=m - 1)
+        upper = torch.minimum(torch.floor(torch.minimum(g[4] * y + g[5], g[6] * y + g[7])), row_w - 1)
         n_x = (upper - lower + 1).clamp_(min=0).long()
         n_nodes = int(n_x.sum())
         if n_nodes == 0:
@@ -320,11 +326,58 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
         row_gx = gx.index_select(0, r_tri)
         # value at the first node of the row, and that node's flat index
         row_val = row_gx * lower + gy.index_select(0, r_tri) * y + gc.index_select(0, r_tri)
-        row_node = (grid_off.index_select(0, r_tri) + y * m + lower).long()
+        row_node = (grid_off.index_select(0, r_tri) + y * row_w + lower).long()
         n_row, n_off = _ragged_arange(n_x, n_nodes)
         val = row_gx.index_select(0, n_row) * n_off + row_val.index_select(0, n_row)
         node = row_node.index_select(0, n_row) + n_off
         out.scatter_reduce_(0, node, val, reduce="amax", include_self=False)
+
+
+
+def _interpolate_on_grids(local: torch.Tensor, scores: torch.Tensor, anchors: torch.Tensor,
+                          grid_w: torch.Tensor, grid_h: torch.Tensor, device: torch.device,
+                          num_threads: int | None) -> torch.Tensor:
+    """The Delaunay-linear interpolant of each detection's scored points plus its 4 anchors
+    (score 0) on its own integer grid; 0 outside the hull.
+
+    ``local`` float64 [K, N, 2] points in each detection's grid frame (node ``(x, y)`` at the
+    integers), ``scores`` [K, N], ``anchors`` float64 [K, 4, 2] in the same frames, ``grid_w``,
+    ``grid_h`` [K] long (CPU). Non-finite points or scores are dropped. Returns float64, the
+    grids one after the other, each flattened row-major (``grid_w[k] * grid_h[k]`` values), on
+    ``device``. Only the triangulation is per detection (Qhull in a thread pool of
+    ``num_threads``); the rasterisation is one batched torch computation (:func:`_rasterise`).
+    A detection whose triangulation fails (not seen with finite input) takes each node's
+    nearest vertex's score, like :func:`box_score_map`."""
+    num = local.shape[0]
+    val = scores.detach().cpu().to(torch.float64)
+    keep = torch.isfinite(local).all(-1) & torch.isfinite(val)
+    keep = torch.cat([keep, torch.ones((num, 4), dtype=torch.bool)], 1)
+    verts = torch.cat([local, anchors.to(torch.float64)], 1)[keep]  # per detection: kept points, then anchors
+    vals = torch.cat([val, torch.zeros((num, 4), dtype=torch.float64)], 1)[keep]
+    counts = keep.sum(1)
+    starts = torch.cumsum(counts, 0) - counts
+    if num_threads is None:
+        num_threads = _default_threads(num)
+    tri_list = _triangulate(verts.numpy(), starts.numpy(), counts.numpy(), num_threads)
+    per_det = torch.tensor([0 if t is None else len(t) for t in tri_list], dtype=torch.long)
+    good = [t for t in tri_list if t is not None]
+    tris = torch.from_numpy(np.concatenate(good)) if good else torch.zeros((0, 3), dtype=torch.long)
+    tri_det = torch.repeat_interleave(torch.arange(num), per_det)
+    sizes = grid_w * grid_h
+    grid_start = torch.cumsum(sizes, 0) - sizes
+    verts_d, vals_d = verts.to(device), vals.to(device)
+    out = torch.zeros(int(sizes.sum()), dtype=torch.float64, device=device)
+    _rasterise(verts_d, vals_d, tris.to(device), tri_det.to(device), out, grid_w.to(device), grid_h.to(device),
+               grid_start.to(device))
+    for k in [k for k, t in enumerate(tri_list) if t is None]:
+        w, h, s, n = int(grid_w[k]), int(grid_h[k]), int(starts[k]), int(counts[k])
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=device),
+                                torch.arange(w, dtype=torch.float64, device=device), indexing="ij")
+        nodes = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
+        near = torch.cdist(nodes, verts_d[s:s + n]).argmin(1)
+        start = int(grid_start[k])
+        out[start:start + w * h] = vals_d[s:s + n][near]
+    return out
 
 
 def points_to_box_score_maps(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
@@ -348,34 +401,10 @@ def points_to_box_score_maps(points: torch.Tensor, scores: torch.Tensor, boxes: 
     if num == 0:
         return torch.zeros((0, m, m), dtype=torch.float32, device=device)
     local = _cell_frame(points.cpu(), boxes.cpu(), m)  # float64 [K, N, 2], CPU (for Qhull)
-    val = scores.detach().cpu().to(torch.float64)
-    keep = torch.isfinite(local).all(-1) & torch.isfinite(val)
     anchors = torch.from_numpy(box_cell_anchors(m)).expand(num, 4, 2)
-    keep = torch.cat([keep, torch.ones((num, 4), dtype=torch.bool)], 1)
-    verts = torch.cat([local, anchors], 1)[keep]  # per detection: kept points, then anchors
-    vals = torch.cat([val, torch.zeros((num, 4), dtype=torch.float64)], 1)[keep]
-    counts = keep.sum(1)
-    starts = torch.cumsum(counts, 0) - counts
-    if num_threads is None:
-        num_threads = _default_threads(num)
-    tri_list = _triangulate(verts.numpy(), starts.numpy(), counts.numpy(), num_threads)
-    per_det = torch.tensor([0 if t is None else len(t) for t in tri_list], dtype=torch.long)
-    good = [t for t in tri_list if t is not None]
-    tris = torch.from_numpy(np.concatenate(good)) if good else torch.zeros((0, 3), dtype=torch.long)
-    tri_det = torch.repeat_interleave(torch.arange(num), per_det)
-    verts_d, vals_d = verts.to(device), vals.to(device)
-    out = torch.zeros(num * m * m, dtype=torch.float64, device=device)
-    _rasterise(verts_d, vals_d, tris.to(device), tri_det.to(device), out, m)
+    side = torch.full((num,), m, dtype=torch.long)
+    out = _interpolate_on_grids(local, scores, anchors, side, side, device, num_threads)
     out = out.view(num, m, m)
-    failed = [k for k, t in enumerate(tri_list) if t is None]
-    if failed:  # Qhull gave up (not seen with finite input): nearest vertex, like box_score_map
-        axis = torch.arange(m, dtype=torch.float64, device=device)
-        gy, gx = torch.meshgrid(axis, axis, indexing="ij")
-        nodes = torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)
-        for k in failed:
-            s, n = int(starts[k]), int(counts[k])
-            near = torch.cdist(nodes, verts_d[s:s + n]).argmin(1)
-            out[k] = vals_d[s:s + n][near].view(m, m)
     return out.to(torch.float32)
 
 
@@ -397,3 +426,46 @@ def box_score_maps_loop(points: torch.Tensor, scores: torch.Tensor, boxes: torch
         local = (pts_all[k] - np.array([x1, y1])) / size * m - 0.5
         out[k] = box_score_map(local, val_all[k], m, m, anchors=anchors)
     return torch.from_numpy(out).to(device=points.device, dtype=torch.float32)
+
+
+# ------------------------------------------------------- full resolution (the reference's pixels)
+
+def points_to_full_masks(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
+                         image_size: tuple[int, int], thr: float = 0.5,
+                         num_threads: int | None = None) -> np.ndarray:
+    """Binary masks of all detections at every image pixel of their boxes, the reference's
+    ``get_seg_masks`` resolution, batched.
+
+    ``points`` [K, N, 2] (x, y) and ``boxes`` [K, 4] xyxy in the coordinates of the image the
+    masks are for (the original image at evaluation), ``scores`` [K, N] point probabilities,
+    ``image_size`` (H, W). Per detection, as :func:`points_to_mask`: the integer box
+    (:func:`integer_box`), pixel centres, the corrected corner anchors (:func:`corner_anchors`,
+    score 0), the Delaunay-linear interpolant of the scores at every pixel of the box, 0
+    outside the hull, ``> thr``. Returns ``bool [K, H, W]``; equal to a :func:`points_to_mask`
+    loop (the same triangulation and interpolant; nodes within ~1e-12 of ``thr`` aside).
+
+    Cost: the triangulations as :func:`points_to_box_score_maps`; the rasterisation grows with
+    the boxes' pixel area instead of ``K * M * M`` (measured in
+    ``benchmarks/bench_dense_mask_step.py``)."""
+    if points.dim() != 3 or points.shape[-1] != 2 or scores.shape != points.shape[:2] \
+            or boxes.shape != (points.shape[0], 4):
+        raise ValueError(f"points [K, N, 2], scores [K, N] and boxes [K, 4] expected, got "
+                         f"{tuple(points.shape)}, {tuple(scores.shape)}, {tuple(boxes.shape)}")
+    img_h, img_w = int(image_size[0]), int(image_size[1])
+    num = points.shape[0]
+    full = np.zeros((num, max(img_h, 0), max(img_w, 0)), dtype=bool)
+    if num == 0 or img_h <= 0 or img_w <= 0:
+        return full
+    frames = np.array([integer_box(b, (img_h, img_w)) for b in boxes.detach().cpu().to(torch.float64).tolist()],
+                      dtype=np.int64)  # [K, 4]: x1, y1, w, h
+    origin = torch.from_numpy(frames[:, :2].astype(np.float64))
+    local = points.detach().cpu().to(torch.float64) - origin[:, None, :] - 0.5  # pixel centres at the integers
+    grid_w, grid_h = torch.from_numpy(frames[:, 2].copy()), torch.from_numpy(frames[:, 3].copy())
+    anchors = torch.from_numpy(np.stack([corner_anchors(int(w), int(h)) for w, h in frames[:, 2:]]))
+    values = _interpolate_on_grids(local, scores, anchors, grid_w, grid_h, torch.device("cpu"), num_threads)
+    inside = (values > thr).numpy()
+    start = 0
+    for k, (x1, y1, w, h) in enumerate(frames.tolist()):
+        full[k, y1:y1 + h, x1:x1 + w] = inside[start:start + w * h].reshape(h, w)
+        start += w * h
+    return full
