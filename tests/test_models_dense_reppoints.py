@@ -220,12 +220,17 @@ def test_chamfer_targets_are_dts_points_of_the_assigned_gt():
 @pytest.mark.trajectory
 @pytest.mark.parametrize("version", [1, 2])
 def test_overfit_one_batch_finds_every_object_with_its_mask(version, record_property):
+    """200 iterations on one batch: the losses fall, every gt is found at IoU > 0.5 among the 10
+    top-scoring detections of its image, and the mask of the detection nearest each gt box
+    covers its gt mask at IoU > 0.5. (At 120 iterations V2's 20 px object came out at box IoU
+    0.49-0.52 and mask IoU 0.50-0.54 depending on the CPU kernel set; at 200 the least box IoU
+    was 0.83 and the least mask IoU 0.80 under the native, AVX2 and plain kernel sets.)"""
     images, targets = rectangles_batch()
     targets = _with_masks(targets)
     model = _model(version, num_points=81, mask_convs=2)
     sizes = [(160, 160)] * 2
     seen: list[dict[str, float]] = []
-    history = overfit(model, images, sizes, targets, 120, lr=0.01,
+    history = overfit(model, images, sizes, targets, 200, lr=0.01,
                       on_losses=lambda losses: seen.append({k: float(v.detach()) for k, v in losses.items()}))
     record_property("loss_ratio", mean_ratio(history, 5))
     assert mean_ratio(history, 5) < 0.5, history
