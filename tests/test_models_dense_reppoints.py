@@ -27,7 +27,8 @@ from models.dense_heads.dense_reppoints_v2_head import (
     semantic_targets,
 )
 from models.presets import PRESETS
-from pipeline.evaluation import paste_masks
+from models.task_modules.mask_from_points import points_to_mask
+from pipeline.evaluation import detections_to_coco, paste_masks
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou
 
 NUM_CLASSES = 3
@@ -257,6 +258,45 @@ def test_overfit_one_batch_finds_every_object_with_its_mask(version, record_prop
     record_property("min_mask_iou", min(mask_ious))
     assert (found_iou > 0.5).all(), found_iou
     assert min(mask_ious) > 0.5, mask_ious
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_full_resolution_masks_through_the_evaluation(version):
+    """``test.mask_resolution: full``: the same detections, with their scored points instead of
+    box maps; the evaluation maps the points to the original image (here 2x the input) and
+    builds each mask at every pixel of its box there, as the reference's ``get_seg_masks``."""
+    from pycocotools import mask as mask_util
+
+    model = _model(version, num_points=81, mask_convs=2).eval()
+    model.bbox_head.score_thr = 0.0  # untrained: keep the top detections whatever their score
+    images, _ = rectangles_batch()
+    sizes = [(160, 160)] * 2
+    with torch.no_grad():
+        grid = model(images, sizes)
+        model.bbox_head.mask_resolution = "full"
+        full = model(images, sizes)
+    target = {"image_id": 7, "scale_factor": torch.tensor([0.5, 0.5]), "orig_size": (320, 320)}
+    for g, f in zip(grid, full):
+        assert "masks" in g and "mask_points" not in g and "masks" not in f
+        assert torch.equal(g["boxes"], f["boxes"]) and torch.equal(g["scores"], f["scores"])
+        assert f["mask_points"].shape[:2] == f["mask_point_scores"].shape and len(f["mask_points"]) == len(f["boxes"])
+        bbox, segm = detections_to_coco(f, target, list(range(1, NUM_CLASSES + 1)), max_dets=20)
+        assert len(segm) == len(bbox) > 0
+        order = f["scores"].argsort(descending=True)[:20]
+        for rec, k in zip(segm, order.tolist()):
+            box = f["boxes"][k] * 2  # input -> original pixels
+            want = points_to_mask((f["mask_points"][k] * 2).numpy(), f["mask_point_scores"][k].numpy(), box.tolist(),
+                                  (320, 320))
+            rle = mask_util.encode(np.asfortranarray(want[:, :, None].astype(np.uint8)))[0]
+            assert rec["segmentation"]["counts"] == rle["counts"].decode("ascii")
+    with pytest.raises(ValueError, match="mask_resolution"):
+        build_model(*_with_resolution(version, "pixels"), NUM_CLASSES, load_pretrained=False)
+
+
+def _with_resolution(version: int, resolution: str):
+    detector, cfg = _small_cfg(version, 81)
+    cfg["bbox_head"]["test"] = {**cfg["bbox_head"].get("test", {}), "mask_resolution": resolution}
+    return detector, cfg
 
 
 # ------------------------------------------------------------------ presets
