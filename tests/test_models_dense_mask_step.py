@@ -203,7 +203,7 @@ def _full_masks_loop(pts: torch.Tensor, scores: torch.Tensor, boxes: torch.Tenso
     return np.stack(out) if out else np.zeros((0, *size), bool)
 
 
-def test_full_resolution_masks_equal_the_reference_loop():
+def test_full_resolution_masks_equal_the_reference_loop(monkeypatch):
     pts, scores, boxes = _band_points(np.random.default_rng(21), 12, n_pts=300)
     size = (800, 1333)
     fast = points_to_full_masks(pts, scores, boxes, size)
@@ -212,6 +212,9 @@ def test_full_resolution_masks_equal_the_reference_loop():
     # the same triangulation and interpolant; a node may only differ where the value is within
     # rounding of the threshold (none here)
     assert (fast != slow).sum() == 0 and 0.05 < fast.sum() / (boxes[:, 2:] - boxes[:, :2]).prod(1).sum() < 0.95
+    # in chunks of a few detections (and one detection larger than a chunk): the same masks
+    monkeypatch.setattr(mfp, "MAX_FULL_NODES", 20000)
+    assert (points_to_full_masks(pts, scores, boxes, size) == fast).all()
     # boxes partly outside the image are clipped, as the reference's integer box
     shifted = boxes + torch.tensor([700.0, 400.0, 700.0, 400.0])
     fast = points_to_full_masks(pts + torch.tensor([700.0, 400.0]), scores, shifted, size)

@@ -333,7 +333,6 @@ def _rasterise(verts: torch.Tensor, values: torch.Tensor, tris: torch.Tensor,
         out.scatter_reduce_(0, node, val, reduce="amax", include_self=False)
 
 
-
 def _interpolate_on_grids(local: torch.Tensor, scores: torch.Tensor, anchors: torch.Tensor,
                           grid_w: torch.Tensor, grid_h: torch.Tensor, device: torch.device,
                           num_threads: int | None) -> torch.Tensor:
@@ -430,6 +429,10 @@ def box_score_maps_loop(points: torch.Tensor, scores: torch.Tensor, boxes: torch
 
 # ------------------------------------------------------- full resolution (the reference's pixels)
 
+#: :func:`points_to_full_masks` interpolates detections in chunks of at most about this many box
+#: pixels (float64 values: 128 MB), one detection at least
+MAX_FULL_NODES = 1 << 24
+
 def points_to_full_masks(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
                          image_size: tuple[int, int], thr: float = 0.5,
                          num_threads: int | None = None) -> np.ndarray:
@@ -442,7 +445,8 @@ def points_to_full_masks(points: torch.Tensor, scores: torch.Tensor, boxes: torc
     (:func:`integer_box`), pixel centres, the corrected corner anchors (:func:`corner_anchors`,
     score 0), the Delaunay-linear interpolant of the scores at every pixel of the box, 0
     outside the hull, ``> thr``. Returns ``bool [K, H, W]``; equal to a :func:`points_to_mask`
-    loop (the same triangulation and interpolant; nodes within ~1e-12 of ``thr`` aside).
+    loop (the same triangulation and interpolant; nodes within ~1e-12 of ``thr`` aside). The
+    detections are interpolated in chunks of at most about :data:`MAX_FULL_NODES` box pixels.
 
     Cost: the triangulations as :func:`points_to_box_score_maps`; the rasterisation grows with
     the boxes' pixel area instead of ``K * M * M`` (measured in
@@ -462,10 +466,18 @@ def points_to_full_masks(points: torch.Tensor, scores: torch.Tensor, boxes: torc
     local = points.detach().cpu().to(torch.float64) - origin[:, None, :] - 0.5  # pixel centres at the integers
     grid_w, grid_h = torch.from_numpy(frames[:, 2].copy()), torch.from_numpy(frames[:, 3].copy())
     anchors = torch.from_numpy(np.stack([corner_anchors(int(w), int(h)) for w, h in frames[:, 2:]]))
-    values = _interpolate_on_grids(local, scores, anchors, grid_w, grid_h, torch.device("cpu"), num_threads)
-    inside = (values > thr).numpy()
-    start = 0
-    for k, (x1, y1, w, h) in enumerate(frames.tolist()):
-        full[k, y1:y1 + h, x1:x1 + w] = inside[start:start + w * h].reshape(h, w)
-        start += w * h
+    areas = np.cumsum(frames[:, 2] * frames[:, 3])
+    first = 0
+    while first < num:  # detections in chunks of at most ~MAX_FULL_NODES box pixels (float64 values)
+        base = areas[first - 1] if first else 0
+        last = max(int(np.searchsorted(areas, base + MAX_FULL_NODES, side="right")), first + 1)
+        sel = slice(first, last)
+        values = _interpolate_on_grids(local[sel], scores[sel], anchors[sel], grid_w[sel], grid_h[sel],
+                                       torch.device("cpu"), num_threads)
+        inside = (values > thr).numpy()
+        start = 0
+        for k, (x1, y1, w, h) in enumerate(frames[sel].tolist(), start=first):
+            full[k, y1:y1 + h, x1:x1 + w] = inside[start:start + w * h].reshape(h, w)
+            start += w * h
+        first = last
     return full
