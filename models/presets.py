@@ -575,7 +575,7 @@ def _dense_reppoints_head(channels: int, giou: bool, v2: bool) -> dict[str, Any]
     head.update({"num_points": 729, "transform_method": "minmax", "num_group": 9, "num_score_group": 121,
                  "stacked_mask_convs": 7, "mask_size": 56, "dist_sample_thr": 2.0,
                  "loss_chamfer_init_weight": 0.5, "loss_chamfer_refine_weight": 1.0, "loss_mask_score_weight": 1.0})
-    head["test"].update({"pts_score_thr": 0.5, "mask_out_size": 56, "mask_resolution": "box_grid"})
+    head["test"].update({"pts_score_thr": 0.5, "mask_out_size": 56, "mask_resolution": "full"})
     if v2:
         head.update({"shared_stacked_convs": 1, "loss_contour_heatmap_weight": 1.0, "loss_contour_offset_weight": 1.0,
                      "loss_contour_offset_beta": 1.0 / 9, "loss_sem_weight": 1.0})
