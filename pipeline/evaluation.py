@@ -20,6 +20,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from models.task_modules.mask_from_points import points_to_full_masks
 from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
 
 STAT_NAMES: tuple[str, ...] = (
@@ -108,8 +109,6 @@ def instance_masks(output: dict[str, torch.Tensor], order: torch.Tensor, boxes: 
     if "masks" in output:
         return paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])
     if "mask_points" in output:
-        from models.task_modules.mask_from_points import points_to_full_masks
-
         sx, sy = (float(v) for v in target["scale_factor"])
         points = output["mask_points"][order.to(output["mask_points"].device)].detach().float().cpu()
         points = points / torch.tensor([sx, sy])

@@ -180,7 +180,7 @@ def _cell_frame(points: torch.Tensor, boxes: torch.Tensor, mask_size: int) -> to
 
 
 def _check_inputs(points: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor,
-                  mask_size: int) -> None:
+                  mask_size: int = 1) -> None:
     if points.dim() != 3 or points.shape[-1] != 2:
         raise ValueError(f"points must be [K, N, 2], got {tuple(points.shape)}")
     if scores.shape != points.shape[:2]:
@@ -451,10 +451,7 @@ def points_to_full_masks(points: torch.Tensor, scores: torch.Tensor, boxes: torc
     Cost: the triangulations as :func:`points_to_box_score_maps`; the rasterisation grows with
     the boxes' pixel area instead of ``K * M * M`` (measured in
     ``benchmarks/bench_dense_mask_step.py``)."""
-    if points.dim() != 3 or points.shape[-1] != 2 or scores.shape != points.shape[:2] \
-            or boxes.shape != (points.shape[0], 4):
-        raise ValueError(f"points [K, N, 2], scores [K, N] and boxes [K, 4] expected, got "
-                         f"{tuple(points.shape)}, {tuple(scores.shape)}, {tuple(boxes.shape)}")
+    _check_inputs(points, scores, boxes)
     img_h, img_w = int(image_size[0]), int(image_size[1])
     num = points.shape[0]
     full = np.zeros((num, max(img_h, 0), max(img_w, 0)), dtype=bool)
