@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.task_modules.distance_sampling import sample_boundary_points  # noqa: E402
-from models.task_modules.mask_from_points import points_to_box_score_maps, points_to_full_masks  # noqa: E402
+from models.dense_reppoints.distance_sampling import sample_boundary_points  # noqa: E402
+from models.dense_reppoints.mask_from_points import points_to_box_score_maps, points_to_full_masks  # noqa: E402
 from pipeline.evaluation import paste_masks  # noqa: E402
 
 IMAGE = (800, 1333)

@@ -52,8 +52,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import alternating_medians  # noqa: E402
-from models.task_modules.distance_sampling import sample_boundary_points  # noqa: E402
-from models.task_modules.mask_from_points import (box_score_maps_loop,  # noqa: E402
+from models.dense_reppoints.distance_sampling import sample_boundary_points  # noqa: E402
+from models.dense_reppoints.mask_from_points import (box_score_maps_loop,  # noqa: E402
                                                   points_to_box_score_maps, points_to_full_masks,
                                                   points_to_mask)
 from pipeline.evaluation import paste_masks  # noqa: E402

@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import models.dense_heads.dense_reppoints_head as dense_module  # noqa: E402
+import models.dense_reppoints.dense_reppoints_head as dense_module  # noqa: E402
 from detector_timing import build, make_batch, sync  # noqa: E402
-from models.task_modules.mask_from_points import box_score_maps_loop  # noqa: E402
+from models.dense_reppoints.mask_from_points import box_score_maps_loop  # noqa: E402
 
 PEER = "faster_rcnn_r50_fpn_1x"
 NAMES = ["dense_reppoints_v1_r50_fpn_giou_1x", "dense_reppoints_v2_r50_fpn_giou_1x"]

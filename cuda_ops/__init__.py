@@ -27,7 +27,7 @@ Present so far:
 - ``cuda_ops.chamfer_2d``: ``chamfer_distance(a [P, N, 2], b [P, M, 2])`` -> ``(dist_ab,
   dist_ba, idx_ab, idx_ba)``, the squared distance from each point to its nearest neighbour
   in the other set of its instance and that neighbour's index (the lowest index among equal
-  distances), Dense RepPoints' Chamfer loss's search (``models/losses/chamfer_loss.py`` uses
+  distances), Dense RepPoints' Chamfer loss's search (``models/dense_reppoints/chamfer_loss.py`` uses
   its indices on CUDA). ``chamfer_distance_reference`` (exact ``dx*dx + dy*dy`` on chunks of
   instances, ``argmin``, gradient through the matched pairs) is the ground truth;
   ``chamfer_distance`` runs the CUDA kernel (``csrc/chamfer_2d_cuda.cu``, float32/float64,

@@ -7,15 +7,16 @@ produced it. Files are written to a temporary name in the same directory, flushe
 and renamed over the target, so a kill at any moment leaves either the old or the new
 file, never a truncated one.
 
-Layout of ``checkpoints/<model>/``::
+Layout of ``checkpoints/<run>/`` (the resumable state: git-ignored, no DVC output, never
+pushed; a finished run's weights go to ``weights/<run>.pth``, the train stage's output)::
 
     epoch_0001.pth ...   full training state after each epoch (the newest few are kept)
     latest.json          {"file": "epoch_0003.pth", "epoch": 3, "iteration": 750, "fingerprint": ...}
-    model_final.pth      weights + model config + label mapping, written when training ends
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
@@ -49,20 +50,16 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` to memory, then write the bytes atomically to ``path``.
+
+    Saving to memory, not to the temporary file, keeps the bytes a function of ``obj`` alone:
+    torch names the archive's root folder after the file it writes, and the temporary name is
+    random, so a direct save gave identical weights a different hash on every save (and DVC
+    a changed output after a retrain that changed nothing).
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def config_fingerprint(cfg: dict[str, Any]) -> str:
@@ -101,10 +98,6 @@ class CheckpointManager:
     @property
     def latest_file(self) -> Path:
         return self.directory / "latest.json"
-
-    @property
-    def final_file(self) -> Path:
-        return self.directory / "model_final.pth"
 
     def latest(self) -> dict[str, Any] | None:
         """The record of the newest complete checkpoint, or None when there is none."""

@@ -111,8 +111,25 @@ def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
         raise ConfigError(
             f"params.yaml: {section}.{name}.scale = {scale!r}; preset {preset_name} has {sorted(preset['scales'])}"
         )
+    check_code_fields(section, name, entry, preset["detector"])
     cfg = deep_merge(preset["scales"][scale], entry.get("overrides"))
     cfg["preset"] = preset_name
     cfg["scale"] = scale
     cfg["detector"] = preset["detector"]
     return cfg
+
+
+def check_code_fields(section: str, name: str, entry: dict[str, Any], detector: str) -> None:
+    """Refuse a run whose ``family`` / ``base`` (the code folders its DVC stages depend on) are
+    not its detector's (:func:`models.families.family_of`): DVC would not re-run it when its
+    code changes. Entries without the fields (runs built in Python, not by DVC) pass."""
+    from models.families import family_of
+
+    want = family_of(detector)
+    for key, value in (("family", want.family), ("base", want.base)):
+        if key in entry and entry[key] != value:
+            raise ConfigError(
+                f"params.yaml: {section}.{name}.{key} = {entry[key]!r}, but its preset {entry.get('preset')!r} "
+                f"(detector {detector}) has its code in models/{want.family}/ on top of models/{want.base}/: "
+                f"write `family: {want.family}` and `base: {want.base}`"
+            )

@@ -100,13 +100,13 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def metrics(self) -> dict[str, Any]:
+        """What ``metrics/<run>/train.json`` records: the same on every identical retrain, so
+        no timings and no host facts (those go to MLflow: ``seconds_per_iter``, ``world_size``,
+        ``device`` of the train run)."""
         return {
             "iterations": self.iterations,
             "epochs": self.epochs,
             "final_losses": {k: round(v, 6) for k, v in self.final_losses.items()},
-            "seconds_per_iter": round(self.seconds_per_iter, 4),
-            "world_size": self.world_size,
-            "device": self.device,
         }
 
 

@@ -17,3 +17,10 @@ class DataError(Exception):
 
 class ConfigError(Exception):
     """An invalid or inconsistent entry in params.yaml or a preset."""
+
+
+class WeightsError(Exception):
+    """A final weights file (``weights/<run>.pth``) that is missing, corrupt or not one of ours.
+
+    The message names the file and says what to run (``dvc pull`` or ``dvc repro``).
+    """

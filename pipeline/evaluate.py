@@ -2,7 +2,7 @@
 
     python -m pipeline.evaluate --model faster_rcnn_r50_fpn
 
-For each split in ``evaluate.splits`` it runs the trained model (``model_final.pth``),
+For each split in ``evaluate.splits`` it runs the trained model (``weights/<model>.pth``),
 writes the COCO result files to ``results/<model>/`` and, where the split has
 annotations, scores them with pycocotools' COCOeval (bbox, and segm when the model
 predicts masks), at most ``evaluate.max_dets`` (100) detections per image.
@@ -12,9 +12,11 @@ test-dev additionally gets the COCO submission file
 test-dev has no public annotations, so it is only scored where annotations exist (the
 synthetic split has them); otherwise its metrics file says ``"scored": false``.
 
-Each scored split gets ``metrics/<model>/<split>.json`` (a DVC metrics file), its
-precision-recall curves per IoU threshold (``metrics/<model>/pr_<split>_<task>.csv`` for
-``dvc plots``, ``results/<model>/pr_<split>_<task>.png``) and an MLflow run tagged
+Each scored split gets ``metrics/<model>/<split>.json`` (the COCO numbers; git-tracked, and
+the same on an identical re-run: no timings or host facts, which go to MLflow), its
+precision-recall curves per IoU threshold (``metrics/<model>/pr/<split>_<task>.csv``, which
+the report overlays across models for ``dvc plots``; ``results/<model>/pr_<split>_<task>.png``)
+and an MLflow run tagged
 ``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task and the curves as
 artifacts.
 
@@ -48,7 +50,6 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.checkpoint import CheckpointManager
 from pipeline.config import load_params
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
@@ -60,20 +61,50 @@ from pipeline.evaluation import (
     submission_name,
     write_results,
 )
-from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR
+from pipeline.errors import WeightsError
+from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker
 from pipeline.train import dataset_description
 
 
+#: what a weights file written by the train stage holds
+WEIGHTS_KEYS = ("model", "detector", "model_cfg", "config", "num_classes", "cat_ids")
+
+
+def read_weights(path: Path) -> dict[str, Any]:
+    """The contents of a final weights file, checked.
+
+    Raises :class:`~pipeline.errors.WeightsError` naming ``path`` and what to run when the
+    file is missing (not pulled, not trained), unreadable (a truncated or corrupt download) or
+    not a weights file of this repository.
+    """
+    path = Path(path)
+    remedy = "run `dvc pull` to fetch it from the remote, or `dvc repro` to train it"
+    if not path.exists():
+        raise WeightsError(f"{path}: no trained weights; {remedy}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # zip/pickle errors of a truncated or corrupt file
+        raise WeightsError(f"{path}: cannot read the weights ({type(e).__name__}: {e}); the file is corrupt or "
+                           f"incomplete; {remedy}") from e
+    missing = [k for k in WEIGHTS_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise WeightsError(f"{path}: not a weights file of the train stage (missing {missing}); {remedy}")
+    return state
+
+
 def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the detector from ``model_final.pth`` and load its weights (eval mode)."""
+    """Rebuild the detector from a final weights file (``weights/<run>.pth``) and load its
+    weights (eval mode). Errors as :func:`read_weights`."""
     from models.build import build_model
 
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"{checkpoint}: no trained model; run the train stage first")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = read_weights(checkpoint)
     model = build_model(state["detector"], state["model_cfg"], state["num_classes"], load_pretrained=False)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise WeightsError(f"{checkpoint}: the weights do not fit the model they name ({e}); "
+                           f"re-run `dvc repro` to train it again") from e
     model.to(device).eval()
     return model, state
 
@@ -108,6 +139,12 @@ def predict_split(
             bbox.extend(b)
             segm.extend(s)
     return bbox, segm, (time.time() - start) / max(len(dataset), 1)
+
+
+def pr_curve_file(metrics_root: Path, model_name: str, split_name: str, iou_type: str) -> Path:
+    """``metrics/<model>/pr/<split>_<task>.csv``: a model's precision-recall curves of one split and
+    task (one folder per model, so the stage declares it whether or not the model has masks)."""
+    return Path(metrics_root) / model_name / "pr" / f"{split_name}_{iou_type}.csv"
 
 
 #: Splits that models with a snapping switch (:data:`SNAPPING_SWITCHES`) are also scored on
@@ -224,8 +261,7 @@ def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset,
     write_results(bbox, results_dir / f"{split_name}_{name}_bbox.json")
     if segm:
         write_results(segm, results_dir / f"{split_name}_{name}_segm.json")
-    metrics: dict[str, Any] = {switch: value, "num_detections": len(bbox),
-                               "seconds_per_image": round(sec_per_img, 4)}
+    metrics: dict[str, Any] = {switch: value, "num_detections": len(bbox)}
     for iou_type, (stats, _, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
         metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
         print(f"[evaluate] {label} {iou_type}, {name}:\n{text}", flush=True)
@@ -236,16 +272,16 @@ def evaluate_model(
     model_name: str,
     params: dict[str, Any],
     manifest_file: Path = MANIFEST_FILE,
-    checkpoint_root: Path = CHECKPOINT_DIR,
+    weights_root: Path = WEIGHTS_DIR,
     metrics_root: Path = METRICS_DIR,
     results_root: Path = RESULTS_DIR,
     track: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model_name`` on every split of ``params['evaluate']['splits']``."""
+    """Evaluate ``model_name`` (``weights/<model_name>.pth``) on every split of
+    ``params['evaluate']['splits']``."""
     ev_cfg = params.get("evaluate", {}) or {}
     device = resolve_device((params.get("train") or {}).get("device", "auto"))
-    ckpt = CheckpointManager(Path(checkpoint_root) / model_name)
-    model, state = load_trained_model(ckpt.final_file, device)
+    model, state = load_trained_model(weights_file(model_name, weights_root), device)
     cfg = state["config"]
     cat_ids = state["cat_ids"]
     manifest = load_manifest(manifest_file)
@@ -283,8 +319,6 @@ def evaluate_model(
             "dataset": dataset_description(manifest, split_name, len(dataset)),
             "num_images": len(dataset),
             "num_detections": len(bbox),
-            "seconds_per_image": round(sec_per_img, 4),
-            "device": str(device),
             "scored": bool(split.has_annotations),
         }
         # (variant name, switch value, its metrics, its seconds per image) per variant scored
@@ -297,7 +331,7 @@ def evaluate_model(
                 print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
                 if ev is not None:
                     curves = pr_curves(ev)
-                    csv_path = Path(metrics_root) / model_name / f"pr_{split_name}_{iou_type}.csv"
+                    csv_path = pr_curve_file(Path(metrics_root), model_name, split_name, iou_type)
                     png_path = results_dir / f"pr_{split_name}_{iou_type}.png"
                     write_curves_csv(curves, csv_path)
                     plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
@@ -347,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a key of 'models' (or 'ablations') in params.yaml")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     args = parser.parse_args(argv)
-    evaluate_model(args.model, load_params(args.params))
+    try:
+        evaluate_model(args.model, load_params(args.params))
+    except WeightsError as e:
+        raise SystemExit(f"[evaluate] {e}") from e
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from models.task_modules.mask_from_points import points_to_full_masks
+from models.dense_reppoints.mask_from_points import points_to_full_masks
 from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
 
 STAT_NAMES: tuple[str, ...] = (
@@ -104,7 +104,7 @@ def instance_masks(output: dict[str, torch.Tensor], order: torch.Tensor, boxes: 
     :func:`paste_masks`; or ``mask_points`` (K, N, 2) resized-image (x, y) with
     ``mask_point_scores`` (K, N) (Dense RepPoints with ``mask_resolution: full``), mapped to the
     original image and interpolated at every pixel of the box there, thresholded at 0.5, as the
-    reference's ``get_seg_masks`` (:func:`~models.task_modules.mask_from_points.points_to_full_masks`).
+    reference's ``get_seg_masks`` (:func:`~models.dense_reppoints.mask_from_points.points_to_full_masks`).
     """
     if "masks" in output:
         return paste_masks(output["masks"][order.to(output["masks"].device)], boxes, target["orig_size"])

@@ -32,7 +32,7 @@ from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, prepare_coc
 from pipeline.data.manifest import Manifest, SplitInfo, load_manifest, write_manifest
 from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
 from pipeline.errors import ConfigError, DataError
-from pipeline.paths import PARAMS_FILE, PREPARED_DIR, REPO_ROOT
+from pipeline.paths import PARAMS_FILE, PREPARED_DIR, workspace_root
 
 MANIFEST_NAME = "manifest.json"
 
@@ -142,7 +142,7 @@ def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, pro
         else:
             cfg = _require(data_cfg, "coco", "data")
             root = Path(_require(cfg, "root", "data.coco"))
-            root = root if root.is_absolute() else REPO_ROOT / root
+            root = root if root.is_absolute() else workspace_root() / root  # the workspace's tree, also from a `dvc exp` copy
             archives = cfg.get("archives") or COCO_ARCHIVES
             prepare_coco(root, download=bool(cfg.get("download", False)), archives=archives, progress=progress)
             splits = coco_splits(root.resolve())

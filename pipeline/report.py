@@ -39,7 +39,8 @@ from pipeline.config import load_params, resolve_model_config, run_entries
 from pipeline.evaluate import SNAPPING_SWITCHES, variant_split, variant_switch
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
-from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR
+from pipeline.evaluate import pr_curve_file
+from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.published import CPM_COMPONENT_TABLE, CPM_TESTDEV_TABLE, PAPER_TABLES, PUBLISHED
 from pipeline.tracking import client, newest_finished_run
 
@@ -112,7 +113,7 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
     rows = []
     splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
     for model_name, (section, entry) in run_entries(params).items():
-        modules = ablation_modules(params, model_name) if section == "ablations" else None
+        modules = ablation_modules(params, model_name)
         for split in splits:
             path = Path(metrics_root) / model_name / f"{split}.json"
             if not path.exists():
@@ -380,9 +381,11 @@ def cpm_testdev_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_TES
 
 def component_runs(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_COMPONENT_TABLE
                    ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
-    """Per row of ``spec``: (the row, the minival records of our ablation runs of the spec's
-    preset whose resolved module switches are exactly the row's), in the records' order."""
-    minival = [r for r in rows if not is_model(r) and r["split"] == "minival" and r.get("modules") is not None
+    """Per row of ``spec``: (the row, the minival records of our runs of the spec's preset whose
+    resolved module switches are exactly the row's), in the records' order. The runs are the
+    ablations and the models alike: the all-modules row reads the ``models`` run of the preset
+    (``cpm_rcnn_r50_fpn``), which an ablation entry would only repeat."""
+    minival = [r for r in rows if r["split"] == "minival" and r.get("modules") is not None
                and r.get("preset") == spec["preset"]]
     return [(row, [r for r in minival
                    if tuple(r["modules"][k] for k in spec["switches"]) == tuple(row["modules"])])
@@ -538,7 +541,7 @@ def replace_between_markers(text: str, body: str, path: Path) -> str:
     return f"{head}{BEGIN}\n{body}\n{END}{tail}"
 
 
-def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path, checkpoint_root: Path | None,
+def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path, weights_root: Path | None,
                   manifest_file: Path | None) -> dict[str, dict[str, Path]]:
     """Per run (``models``, then ``ablations``): PR curves (minival), training curves and, where the trained model and the
     data are at hand, a grid of minival predictions. Returns ``{model: {kind: png path}}``."""
@@ -546,7 +549,7 @@ def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path,
     out: dict[str, dict[str, Path]] = {}
     for model_name in run_entries(params):
         figs: dict[str, Path] = {}
-        pr_csv = Path(metrics_root) / model_name / "pr_minival_bbox.csv"
+        pr_csv = pr_curve_file(Path(metrics_root), model_name, "minival", "bbox")
         if pr_csv.exists():
             figs["pr"] = figures_dir / f"pr_{model_name}_minival.png"
             plot_pr_curves(read_curves_csv(pr_csv), figs["pr"], f"{model_name}: box precision-recall on minival")
@@ -554,12 +557,71 @@ def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path,
         if curve_csv.exists():
             figs["train"] = figures_dir / f"train_{model_name}.png"
             plot_training_curves(curve_csv, figs["train"], f"{model_name}: training losses and learning rate")
-        final = Path(checkpoint_root) / model_name / "model_final.pth" if checkpoint_root else None
+        final = weights_file(model_name, weights_root) if weights_root else None
         if final is not None and final.exists() and manifest_file is not None and Path(manifest_file).exists():
             figs["predictions"] = figures_dir / f"predictions_{model_name}.png"
             write_prediction_grid(final, Path(manifest_file), figs["predictions"])
         out[model_name] = figs
     return out
+
+
+#: The overlays of ``dvc plots show`` (dvc.yaml's top-level ``plots``): file name -> (the per-run
+#: source under ``metrics/<run>/``, its x column, its y column, the x and y names in the overlay).
+OVERLAY_PLOTS = {
+    "pr_minival_bbox.csv": ("pr/minival_bbox.csv", "recall", "mean", "recall", "precision"),
+    "pr_minival_segm.csv": ("pr/minival_segm.csv", "recall", "mean", "recall", "precision"),
+    "train_loss.csv": ("train_curve.csv", "iteration", "loss", "iteration", "loss"),
+}
+
+
+def write_overlay_plots(params: dict[str, Any], plots_dir: Path, metrics_root: Path) -> dict[str, Path]:
+    """One CSV per :data:`OVERLAY_PLOTS` entry with a ``model`` column and the rows of every run
+    that has the source file (models, then ablations), so that one figure overlays them all
+    (the template ``.dvc/plots/by_model.json`` colours by ``model``). Returns {name: path}."""
+    import csv
+    import io
+
+    out = {}
+    for name, (source, x, y, x_name, y_name) in OVERLAY_PLOTS.items():
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["model", x_name, y_name])
+        rows = 0
+        for model_name in run_entries(params):
+            path = Path(metrics_root) / model_name / source
+            if not path.exists():
+                continue
+            with open(path, newline="") as f:
+                for rec in csv.DictReader(f):
+                    if rec.get(x, "") != "" and rec.get(y, "") != "":
+                        writer.writerow([model_name, rec[x], rec[y]])
+                        rows += 1
+        out[name] = plots_dir / name
+        atomic_write_text(out[name], buf.getvalue())
+    return out
+
+
+def summary_metrics(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``reports/metrics.json``, the DVC metrics of the pipeline: per run the numbers a person
+    compares (minival box AP / AP50 / AP75, mask AP where there are masks, test-dev box AP where
+    it is scored), so that ``dvc exp show`` and ``dvc metrics diff`` stay a readable table. Every
+    COCO number is in ``metrics/<run>/<split>.json`` and in MLflow."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        m = out.setdefault(r["model"], {})
+        if r["split"] == "minival":
+            for k in ("AP", "AP50", "AP75"):
+                if k in r.get("bbox", {}):
+                    m[f"box_{k}"] = round(r["bbox"][k], 6)
+            if "segm" in r:
+                m["mask_AP"] = round(r["segm"]["AP"], 6)
+        elif r.get("scored") and "bbox" in r:
+            m[f"{r['split']}_box_AP"] = round(r["bbox"]["AP"], 6)
+    return out
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_prediction_grid(checkpoint: Path, manifest_file: Path, path: Path, num_images: int = 8) -> None:
@@ -592,14 +654,16 @@ def figures_markdown(figures: dict[str, dict[str, Path]], base: Path) -> str:
 
 
 def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir: Path = REPORTS_DIR,
-                 metrics_root: Path = METRICS_DIR, checkpoint_root: Path | None = CHECKPOINT_DIR,
+                 metrics_root: Path = METRICS_DIR, weights_root: Path | None = WEIGHTS_DIR,
                  manifest_file: Path | None = MANIFEST_FILE) -> str:
     rows = collect(params, metrics_root)
     table = results_table(rows)
     snapping = corner_snapping_table(rows)
     contour = contour_snapping_table(rows)
     reports_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(params, reports_dir, metrics_root, checkpoint_root, manifest_file)
+    figures = write_figures(params, reports_dir, metrics_root, weights_root, manifest_file)
+    write_overlay_plots(params, reports_dir / "plots", metrics_root)
+    write_json_atomic(summary_metrics(rows), reports_dir / "metrics.json")
     md = "\n\n".join([
         "# Results",
         "Generated by `python -m pipeline.report` from the MLflow store; do not edit by hand.",

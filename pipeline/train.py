@@ -2,9 +2,12 @@
 
     python -m pipeline.train --model faster_rcnn_r50_fpn [--no-resume]
 
-Writes ``checkpoints/<model>/`` (epoch checkpoints, ``model_final.pth``),
+Writes the final weights ``weights/<model>.pth`` (the stage's DVC-cached output),
 ``metrics/<model>/train.json`` and ``metrics/<model>/train_curve.csv``, and records an
-MLflow run (params, per-iteration losses and lr, the curve as an artifact).
+MLflow run (params, per-iteration losses and lr, timings, the curve as an artifact). The
+resumable epoch state goes to ``checkpoints/<model>/``, outside DVC's outputs: DVC neither
+deletes it before a run (so a killed run resumes) nor pushes it, and the run-cache stays on.
+The weights file holds no time or path, so an identical retrain gives it the same hash.
 
 With ``train.gpus > 1`` in params.yaml and CUDA present, the stage re-launches itself
 under ``torchrun --nproc_per_node <gpus>`` (DDP over NCCL). Under torchrun on CPU (gloo)
@@ -27,7 +30,7 @@ from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fin
 from pipeline.config import load_params, resolve_model_config
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
-from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE
+from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker
 
 
@@ -67,6 +70,7 @@ def run_training(
     manifest_file: Path = MANIFEST_FILE,
     checkpoint_root: Path = CHECKPOINT_DIR,
     metrics_root: Path = METRICS_DIR,
+    weights_root: Path = WEIGHTS_DIR,
     resume: bool = True,
     track: bool = True,
     stop_at_iteration: int | None = None,
@@ -170,12 +174,13 @@ def run_training(
                 "iteration": result.iterations,
                 "fingerprint": fingerprint,
             }
-            atomic_torch_save(final, ckpt.final_file)
+            atomic_torch_save(final, weights_file(model_name, weights_root))
             out_dir = Path(metrics_root) / model_name
             write_json(metrics, out_dir / "train.json")
             write_history_csv(result.history, out_dir / "train_curve.csv")
             tracker.log_metrics({f"final/{k}": v for k, v in result.final_losses.items()}, step=result.iterations)
             tracker.log_metrics({"seconds_per_iter": result.seconds_per_iter}, step=result.iterations)
+            tracker.log_params({"host.device": str(device)})
             tracker.flush()
             tracker.log_artifact(out_dir / "train.json")
             tracker.log_artifact(out_dir / "train_curve.csv")

@@ -40,7 +40,7 @@ def tiny_params() -> dict:
     params["train"] = {"device": "cpu", "gpus": 1, "num_workers": 0, "amp": False, "log_interval": 2,
                        "keep_checkpoints": 2}
     params["evaluate"] = {"splits": ["minival", "test-dev"], "max_dets": 100, "batch_size": 4}
-    params["ablations"] = {}  # the ablate stage runs nothing (the report stage needs the key)
+    params["ablations"] = {}  # the ablation stages run nothing (the report stage needs the key)
     params["models"] = {
         TINY_MODEL: {
             "preset": "faster_rcnn_r50_fpn_1x",

@@ -20,7 +20,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     metrics, model = run_training(TINY_MODEL, tiny_params(), manifest_file=args.manifest,
-                                  checkpoint_root=args.out / "ckpt", metrics_root=args.out / "metrics", track=False)
+                                  checkpoint_root=args.out / "ckpt", weights_root=args.out / "weights",
+                                  metrics_root=args.out / "metrics", track=False)
     rank = dist.get_rank()
     torch.save({k: v.detach().clone() for k, v in model.named_parameters()}, args.out / f"params_rank{rank}.pt")
     dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""Ablation runs (params ``ablations``): config lookup, ``pipeline.ablate``, the dvc.yaml stage
+"""Ablation runs (params ``ablations``): config lookup, the dvc.yaml stages
 and CPM R-CNN's two report tables (test-dev and component-wise)."""
 from __future__ import annotations
 
@@ -42,48 +42,35 @@ def test_a_name_in_both_sections_is_an_error():
         run_entries(params)
 
 
-# ------------------------------------------------------------------------------------ pipeline.ablate
-def test_ablate_refuses_a_run_not_under_ablations(tmp_path):
-    from pipeline import ablate
-
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"models": {"m": cpm()}, "ablations": {"a": cpm()}}))
-    with pytest.raises(SystemExit, match=r"no run named 'm' under 'ablations' \(have: \['a'\]\)"):
-        ablate.main(["--run", "m", "--params", str(path)])  # a model, not an ablation
-    path.write_text(yaml.safe_dump({"models": {"m": cpm()}}))
-    with pytest.raises(SystemExit, match="no run named 'a' under 'ablations'"):
-        ablate.main(["--run", "a", "--params", str(path)])
-
-
-def test_ablate_trains_then_evaluates_under_the_run_name(tmp_path, monkeypatch):
-    from pipeline import ablate, evaluate, train
-
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"ablations": {"a": cpm()}}))
-    calls = []
-    monkeypatch.setattr(train, "main", lambda argv: calls.append(("train", argv)))
-    monkeypatch.setattr(evaluate, "main", lambda argv: calls.append(("evaluate", argv)))
-    ablate.main(["--run", "a", "--params", str(path)])
-    assert calls == [("train", ["--model", "a", "--params", str(path)]),
-                     ("evaluate", ["--model", "a", "--params", str(path)])]
-
-
 # ------------------------------------------------------------------------------------ dvc.yaml
-def test_the_ablate_stage_mirrors_train_and_evaluate():
+def test_the_ablation_stages_are_train_and_evaluate_over_ablations():
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = dvc["stages"]
-    ab, tr, ev = stages["ablate"], stages["train"], stages["evaluate"]
-    assert ab["foreach"] == "${ablations}" and {"ablations": {}} in dvc["vars"]
-    assert ab["do"]["cmd"] == "python -m pipeline.ablate --run ${key}"
-    # the union of train's and evaluate's deps, less train's output (the stage's own out here)
-    assert set(ab["do"]["deps"]) == ((set(tr["do"]["deps"]) | set(ev["do"]["deps"]) | {"pipeline/ablate.py"})
-                                     - {"checkpoints/${key}"})
-    expected_params = {p.replace("models.", "ablations.") for p in tr["do"]["params"] + ev["do"]["params"]}
-    assert set(ab["do"]["params"]) == expected_params
-    for kind in ("outs", "metrics", "plots"):
-        assert ab["do"][kind] == tr["do"].get(kind, []) + ev["do"].get(kind, []), kind
+    tr, ev = stages["train"]["do"], stages["evaluate"]["do"]
+    tra, eva = stages["train_ablation"], stages["evaluate_ablation"]
+    assert tra["foreach"] == eva["foreach"] == "${ablations}" and {"ablations": {}} in dvc["vars"]
+    # the same command, code, outputs as a model's stages: cached and pulled like them
+    for key in ("cmd", "deps", "outs"):
+        assert tra["do"][key] == tr[key], key
+        assert eva["do"][key] == ev[key], key
+    assert tra["do"]["params"] == [p.replace("models.", "ablations.") for p in tr["params"]]
+    assert eva["do"]["params"] == ev["params"]
     report = stages["report"]
-    assert "ablations" in report["params"] and {"metrics", "checkpoints"} <= set(report["deps"])
+    assert "ablations" in report["params"] and {"metrics", "weights"} <= set(report["deps"])
+    assert "checkpoints" not in report["deps"]
+
+
+def test_no_ablation_repeats_a_model():
+    """An ablation with the configuration of a model would train the same thing twice: the
+    component table reads the model's run for that row instead."""
+    from pipeline.config import load_params
+
+    params = load_params(REPO / "params.yaml")
+    models = {name: resolve_model_config(params, name) for name in params["models"]}
+    for name in params.get("ablations") or {}:
+        cfg = resolve_model_config(params, name)
+        same = [m for m, c in models.items() if c == cfg]
+        assert not same, f"ablations.{name} repeats models.{same[0]}"
 
 
 # ------------------------------------------------------------------------------------ the CPM tables
@@ -98,8 +85,7 @@ def cpm_params():
     return {"models": {"cpm_main": cpm()},
             "ablations": {"abl_p": cpm(switches(False, False, False)),
                           "abl_q": cpm(switches(False, True, False)),
-                          "abl_r": cpm(switches(True, False, False)),
-                          "abl_s": cpm()},  # the preset's default: all three on
+                          "abl_r": cpm(switches(True, False, False))},  # all three on: cpm_main itself
             "evaluate": {"splits": ["minival", "test-dev"]}}
 
 
@@ -117,11 +103,11 @@ def section(md, title):
 
 def test_the_cpm_tables_from_mlflow_and_the_metrics_files(tmp_path):
     metrics = tmp_path / "metrics"
-    fake_runs(metrics, {"cpm_main": 0.35, "abl_p": 0.30, "abl_q": 0.32, "abl_r": 0.29, "abl_s": 0.345})
+    fake_runs(metrics, {"cpm_main": 0.35, "abl_p": 0.30, "abl_q": 0.32, "abl_r": 0.29})
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\n")
     md = write_report(cpm_params(), readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics,
-                      checkpoint_root=None)
+                      weights_root=None)
     for text in (md, readme.read_text()):
         comp = section(text, "CPM R-CNN component-wise performance")
         rows = [cells(l) for l in comp.splitlines() if l.startswith("| ")]
@@ -132,7 +118,7 @@ def test_the_cpm_tables_from_mlflow_and_the_metrics_files(tmp_path):
             ["✓", "", "", "29.0", "abl_r (cpu)", "synthetic minival (8 images)", "40.7"],
             ["", "✓", "", "32.0", "abl_q (cpu)", "synthetic minival (8 images)", "40.5"],
             ["", "", "✓", "not run", "–", "–", "40.6"],
-            ["✓", "✓", "✓", "34.5", "abl_s (cpu)", "synthetic minival (8 images)", "41.3"],
+            ["✓", "✓", "✓", "35.0", "cpm_main (cpu)", "synthetic minival (8 images)", "41.3"],
         ]
         assert ("Does our ablation go the paper's way? **cannot tell yet (runs missing)**. Paper: each module "
                 "alone above the baseline: CMM yes, ISM yes, RSM yes; all three best: yes. Ours (minival box AP): "

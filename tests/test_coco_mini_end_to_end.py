@@ -24,12 +24,12 @@ def test_coco_mini_trains_evaluates_and_writes_result_files(tmp_path):
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["schedule"].update({"epochs": 1, "images_per_gpu": 3})
     params["models"][TINY_MODEL]["overrides"]["model"] = {"roi_head": {"test": {"score_thr": 0.0}}}
-    metrics, model = run_training(TINY_MODEL, params, manifest_file=manifest, checkpoint_root=tmp_path / "ckpt",
+    metrics, model = run_training(TINY_MODEL, params, manifest_file=manifest, checkpoint_root=tmp_path / "ckpt", weights_root=tmp_path / "ckpt",
                                   metrics_root=tmp_path / "metrics", track=False)
     assert metrics["iterations"] == 2  # aspect-ratio grouping: the portrait image gets a batch of its own
     assert all(v == v for v in metrics["final_losses"].values())  # finite
 
-    out = evaluate_model(TINY_MODEL, params, manifest_file=manifest, checkpoint_root=tmp_path / "ckpt",
+    out = evaluate_model(TINY_MODEL, params, manifest_file=manifest, weights_root=tmp_path / "ckpt",
                          metrics_root=tmp_path / "metrics", results_root=tmp_path / "results", track=True)
     gt = load_coco_quietly(ann / "instances_val2017.json")
     real_ids = set(gt.getCatIds())

@@ -20,7 +20,7 @@ import cuda_ops._extension as extension
 from tests.cuda_checks import built_extension_on_gpu, compile_from_scratch
 from cuda_ops import chamfer_2d as chamfer_op
 from cuda_ops.chamfer_2d import _Chamfer2DCUDA, chamfer_distance, chamfer_distance_reference
-from models.losses.chamfer_loss import chamfer_loss_2d
+from models.dense_reppoints.chamfer_loss import chamfer_loss_2d
 
 HAS_CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")

@@ -18,11 +18,11 @@ def test_d2det_mask_model_trains_evaluates_segm_and_fills_the_paper_table(tiny_p
         "schedule": {"epochs": 1, "images_per_gpu": 4, "lr": 0.01, "warmup_iters": 2, "lr_steps": [0.75]},
         "model": {"roi_head": {"sampler": {"num": 64}, "test": {"score_thr": 0.0}}},
     }}}
-    metrics, _ = run_training(MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+    metrics, _ = run_training(MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt", weights_root=tmp_path / "ckpt",
                               metrics_root=tmp_path / "metrics", track=True)
     assert metrics["iterations"] == 4
     assert {"loss_reg", "loss_overlap", "loss_instance", "loss_mask_iou"} <= set(metrics["final_losses"])
-    out = evaluate_model(MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+    out = evaluate_model(MODEL, params, manifest_file=tiny_prepared, weights_root=tmp_path / "ckpt",
                          metrics_root=tmp_path / "metrics", results_root=tmp_path / "results", track=True)
     minival = out["minival"]
     assert set(minival) >= {"bbox", "segm"} and all(-1 <= v <= 1 for v in minival["segm"].values())

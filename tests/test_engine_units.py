@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -26,8 +27,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     atomic_torch_save({"v": torch.tensor([1.0])}, path)
 
     def broken_save(obj, f):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")
+        f.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
@@ -36,6 +36,26 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     monkeypatch.undo()
     assert torch.load(path)["v"].item() == 1.0
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # no temporary left behind
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)  # the write of the bytes fails this time
+    with pytest.raises(OSError):
+        atomic_torch_save({"v": torch.tensor([3.0])}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["v"].item() == 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+
+
+def test_atomic_save_gives_the_same_bytes_for_the_same_object(tmp_path):
+    """DVC hashes the final weights: the same weights saved twice (to different names, as a
+    retrain that changed nothing does through its temporary file) must be the same bytes."""
+    torch.manual_seed(0)
+    state = {"model": torch.nn.Linear(3, 4).state_dict(), "config": {"a": 1}}
+    atomic_torch_save(state, tmp_path / "one.pth")
+    atomic_torch_save(state, tmp_path / "sub" / "two.pth")
+    assert (tmp_path / "one.pth").read_bytes() == (tmp_path / "sub" / "two.pth").read_bytes()
 
 
 def test_manager_saves_prunes_and_sets_aside(tmp_path):

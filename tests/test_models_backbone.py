@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from models.backbones.resnet import ResNet
-from models.necks.fpn import FPN
+from models.common.backbones.resnet import ResNet
+from models.common.necks.fpn import FPN
 
 
 def _torchvision_stages(model: torchvision.models.ResNet, x: torch.Tensor) -> list[torch.Tensor]:

@@ -14,9 +14,9 @@ from torchvision.ops import box_iou
 
 from models.build import build_model
 from models.presets import PRESETS
-from models.roi_heads.cpm_roi_head import CPMRoIHead, IoUScoringHead, cpm_scores, iou_selector, max_gt_iou
-from models.roi_heads.grid_head import decode_grid_boxes, grid_targets
-from models.roi_heads.roi_extractor import boxes_to_rois
+from models.cpm_rcnn.cpm_roi_head import CPMRoIHead, IoUScoringHead, cpm_scores, iou_selector, max_gt_iou
+from models.grid_rcnn.grid_head import decode_grid_boxes, grid_targets
+from models.common.roi_heads.roi_extractor import boxes_to_rois
 from models.summary import preset_counts
 from pipeline.config import resolve_model_config
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou, total_loss

@@ -9,11 +9,11 @@ import torch
 
 from models.build import build_model
 from models.presets import PRESETS
-from models.roi_heads.d2det_instance_head import (mask_area_ratios, mask_iou_targets, mask_targets,
+from models.d2det.d2det_instance_head import (mask_area_ratios, mask_iou_targets, mask_targets,
                                                   overlap_from_masks)
-from models.roi_heads.d2det_roi_head import D2DetRoIHead
+from models.d2det.d2det_roi_head import D2DetRoIHead
 from models.summary import preset_counts
-from models.task_modules.samplers import SamplingResult
+from models.common.task_modules.samplers import SamplingResult
 from tests.detection_checks import mean_ratio, overfit, top_k_match_iou, total_loss
 
 DET, MASK = "d2det_r50_fpn", "d2det_r101_fpn_mask"
@@ -238,7 +238,7 @@ def test_paper_presets_architecture_and_parameter_counts():
 
 
 def test_dcn_preset_uses_modulated_deformable_convs_in_c3_to_c5():
-    from models.layers.deform_conv import ModulatedDeformConv2dPack
+    from models.common.layers.deform_conv import ModulatedDeformConv2dPack
 
     model = build_model("d2det", PRESETS["d2det_r101_fpn_dcn"]["scales"]["paper"]["model"], 80,
                         load_pretrained=False)

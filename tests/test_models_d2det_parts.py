@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from cuda_ops.deform_roi_pool import deform_roi_pool
-from models.losses.iou_loss import aligned_iou_legacy, iou_loss, softened_iou_loss
-from models.roi_heads.d2det_head import (DenseLocalRegressionHead, average_positive_cells, decode_dense,
+from models.d2det.iou_loss import aligned_iou_legacy, iou_loss, softened_iou_loss
+from models.d2det.d2det_head import (DenseLocalRegressionHead, average_positive_cells, decode_dense,
                                          dense_targets, encode_dense, random_jitter)
-from models.roi_heads.drp_extractor import AdaptiveWeightedPool, DiscriminativeRoIExtractor
+from models.d2det.drp_extractor import AdaptiveWeightedPool, DiscriminativeRoIExtractor
 
 # ---------------------------------------------------------------- targets / decoding
 

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from models.backbones.resnet import ResNet
-from models.layers.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
+from models.common.backbones.resnet import ResNet
+from models.common.layers.deform_conv import DeformConv2dPack, ModulatedDeformConv2dPack
 
 MASK_ONE = 30.0  # sigmoid(30) rounds to 1.0 in float32
 

@@ -11,9 +11,9 @@ import torch
 from scipy.interpolate import griddata
 from scipy.spatial import QhullError
 
-from models.task_modules import mask_from_points as mfp
-from models.task_modules.distance_sampling import sample_boundary_points
-from models.task_modules.mask_from_points import (box_cell_anchors, box_score_maps_loop,
+from models.dense_reppoints import mask_from_points as mfp
+from models.dense_reppoints.distance_sampling import sample_boundary_points
+from models.dense_reppoints.mask_from_points import (box_cell_anchors, box_score_maps_loop,
                                                   points_to_box_score_maps, points_to_full_masks,
                                                   points_to_mask)
 from pipeline.evaluation import paste_masks

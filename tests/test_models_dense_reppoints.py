@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from models.build import build_model
-from models.dense_heads.dense_reppoints_head import (
+from models.dense_reppoints.dense_reppoints_head import (
     DenseOutputs,
     DenseRepPointsHead,
     grid_offsets,
@@ -20,14 +20,14 @@ from models.dense_heads.dense_reppoints_head import (
     point_score_logits,
     sample_at_points,
 )
-from models.dense_heads.dense_reppoints_v2_head import (
+from models.dense_reppoints.dense_reppoints_v2_head import (
     DenseRepPointsV2Head,
     contour_pixels,
     contour_targets,
     semantic_targets,
 )
 from models.presets import PRESETS
-from models.task_modules.mask_from_points import points_to_mask
+from models.dense_reppoints.mask_from_points import points_to_mask
 from pipeline.evaluation import detections_to_coco, instance_masks
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.losses import chamfer_loss as chamfer_mod
-from models.losses.chamfer_loss import ChamferLoss2D, chamfer_loss_2d
-from models.task_modules.distance_sampling import sample_boundary_points
-from models.task_modules.mask_from_points import (box_score_map, corner_anchors, integer_box,
+from models.dense_reppoints import chamfer_loss as chamfer_mod
+from models.dense_reppoints.chamfer_loss import ChamferLoss2D, chamfer_loss_2d
+from models.dense_reppoints.distance_sampling import sample_boundary_points
+from models.dense_reppoints.mask_from_points import (box_score_map, corner_anchors, integer_box,
                                                   points_to_mask)
 
 

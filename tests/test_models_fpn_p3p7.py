@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.necks.fpn import FPN
+from models.common.necks.fpn import FPN
 
 IN_CHANNELS = [8, 16, 32, 64]  # C2..C5 (strides 4..32)
 OUT = 32  # divisible by the 32 GN groups

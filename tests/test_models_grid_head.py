@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.roi_heads.d2det_head import DenseLocalRegressionHead
-from models.roi_heads.grid_head import (GridHead, decode_grid_boxes, edge_point_sets, gn_conv_trunk, grid_loss,
+from models.d2det.d2det_head import DenseLocalRegressionHead
+from models.grid_rcnn.grid_head import (GridHead, decode_grid_boxes, edge_point_sets, gn_conv_trunk, grid_loss,
                                         grid_neighbours, grid_point_pixels, grid_targets, heatmap_peaks,
                                         sub_region_origins)
 

@@ -10,12 +10,12 @@ import torch
 
 from models.build import build_model
 from models.presets import PRESETS
-from models.roi_heads.grid_head import NeighbourFusion
-from models.roi_heads.grid_roi_head import GridRoIHead
-from models.roi_heads.regression_sampling import select_positive_rois
-from models.roi_heads.roi_extractor import SingleRoIExtractor, boxes_to_rois
+from models.grid_rcnn.grid_head import NeighbourFusion
+from models.grid_rcnn.grid_roi_head import GridRoIHead
+from models.common.task_modules.regression_sampling import select_positive_rois
+from models.common.roi_heads.roi_extractor import SingleRoIExtractor, boxes_to_rois
 from models.summary import preset_counts
-from models.task_modules.samplers import SamplingResult
+from models.common.task_modules.samplers import SamplingResult
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou, total_loss
 
 PRESET = "grid_rcnn_r50_fpn_2x"

@@ -7,13 +7,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou, nms, roi_align
 
-from models.dense_heads.rpn_head import ProposalConfig, RPNHead
-from models.roi_heads.bbox_head import Shared2FCBBoxHead
-from models.roi_heads.roi_extractor import SingleRoIExtractor, boxes_to_rois
-from models.roi_heads.standard_roi_head import StandardRoIHead
-from models.task_modules.anchor_generator import AnchorGenerator
-from models.task_modules.assigners import MaxIoUAssigner
-from models.task_modules.samplers import RandomSampler
+from models.common.dense_heads.rpn_head import ProposalConfig, RPNHead
+from models.common.roi_heads.bbox_head import Shared2FCBBoxHead
+from models.common.roi_heads.roi_extractor import SingleRoIExtractor, boxes_to_rois
+from models.common.roi_heads.standard_roi_head import StandardRoIHead
+from models.common.task_modules.anchor_generator import AnchorGenerator
+from models.common.task_modules.assigners import MaxIoUAssigner
+from models.common.task_modules.samplers import RandomSampler
 
 IMAGE_SIZES = [(128, 160), (100, 120)]  # padded batch 128 x 160
 STRIDES = [8, 16, 32, 64]

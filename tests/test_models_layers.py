@@ -5,8 +5,8 @@ import pytest
 import torch
 from torchvision.ops import roi_align as tv_roi_align
 
-from models.layers.nms import batched_nms_per_image, top_k_per_image
-from models.layers.roi_align import roi_align, roi_align_dense, use_dense
+from models.common.layers.nms import batched_nms_per_image, top_k_per_image
+from models.common.layers.roi_align import roi_align, roi_align_dense, use_dense
 
 
 def _rois(num: int, images: int, extent: float, seed: int) -> torch.Tensor:
@@ -36,7 +36,7 @@ def test_dense_roi_align_matches_torchvision_forward_and_gradient(aligned, sampl
 
 
 def test_dense_roi_align_chunks_and_empty(monkeypatch):
-    import models.layers.roi_align as module
+    import models.common.layers.roi_align as module
 
     feats = torch.randn(2, 3, 9, 11, dtype=torch.float64)
     rois = _rois(25, 2, 80.0, seed=5)

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from models.losses.accuracy import accuracy
-from models.losses.cross_entropy import CrossEntropyLoss, binary_cross_entropy, cross_entropy
-from models.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
+from models.common.losses.accuracy import accuracy
+from models.common.losses.cross_entropy import CrossEntropyLoss, binary_cross_entropy, cross_entropy
+from models.common.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 
 
 def test_smooth_l1_values():

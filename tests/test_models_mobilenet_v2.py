@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from models.backbones.mobilenet_v2 import MobileNetV2
-from models.backbones.resnet import ResNet
+from models.common.backbones.mobilenet_v2 import MobileNetV2
+from models.common.backbones.resnet import ResNet
 from models.build import build_backbone, build_neck
 
 

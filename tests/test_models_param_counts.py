@@ -25,7 +25,7 @@ and then applies the named difference, with the reason:
   one for the background class; ours (v2 labels, ``Shared2FCBBoxHead``) regresses 80 x 4.
 - D2Det instance: the official head hard-codes 81 mask channels and 81 mask-IoU outputs
   (COCO + mmdet v1's background index 0, never read); ours has 80 (the mmdet2.1 port's fix,
-  documented in ``models/roi_heads/d2det_instance_head.py``).
+  documented in ``models/d2det/d2det_instance_head.py``).
 
 Classifier conventions that are *not* differences: the softmax R-CNN classifiers (Faster
 R-CNN, D2Det, Grid R-CNN, CPM R-CNN's box branch and RSM) have 80 + 1 outputs in the original

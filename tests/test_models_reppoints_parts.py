@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision
 
-from models.losses.focal_loss import FocalLoss, labels_to_binary_targets, sigmoid_focal_loss
-from models.losses.giou_loss import GIoULoss, generalized_iou, giou_loss
-from models.task_modules.assigners import AssignResult
-from models.task_modules.atss_assigner import ATSSAssigner, pairwise_iou
-from models.task_modules.point_assigner import PointAssigner
-from models.task_modules.point_generator import PointGenerator
+from models.reppoints.focal_loss import FocalLoss, labels_to_binary_targets, sigmoid_focal_loss
+from models.reppoints.giou_loss import GIoULoss, generalized_iou, giou_loss
+from models.common.task_modules.assigners import AssignResult
+from models.reppoints.atss_assigner import ATSSAssigner, pairwise_iou
+from models.reppoints.point_assigner import PointAssigner
+from models.reppoints.point_generator import PointGenerator
 
 
 def _boxes(*rows):

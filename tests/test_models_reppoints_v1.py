@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torchvision.ops import deform_conv2d
 
 from models.build import build_model
-from models.dense_heads.reppoints_head import RepPointsHead, deform_conv2d_sampled, points_to_boxes
-from models.detectors.single_stage import RepPointsDetector, SingleStageDetector
+from models.reppoints.reppoints_head import RepPointsHead, deform_conv2d_sampled, points_to_boxes
+from models.reppoints.single_stage import RepPointsDetector, SingleStageDetector
 from models.presets import PRESETS
 from models.summary import preset_counts
-from models.task_modules.assigners import MaxIoUAssigner
-from models.task_modules.atss_assigner import ATSSAssigner
-from models.task_modules.point_generator import PointGenerator
+from models.common.task_modules.assigners import MaxIoUAssigner
+from models.reppoints.atss_assigner import ATSSAssigner
+from models.reppoints.point_generator import PointGenerator
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou, total_loss
 
 ORIG, GIOU = "reppoints_moment_r50_fpn_gn_1x", "reppoints_v1_r50_fpn_giou_1x"

@@ -11,21 +11,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.backbones.mobilenet_v2 import MobileNetV2
+from models.common.backbones.mobilenet_v2 import MobileNetV2
 from models.build import build_model
-from models.dense_heads.reppoints_head import RepPointsHead
-from models.dense_heads.reppoints_v2_head import (
+from models.reppoints.reppoints_head import RepPointsHead
+from models.reppoints.reppoints_v2_head import (
     RepPointsV2Head,
     corner_targets,
     foreground_targets,
     gaussian_radius,
 )
-from models.layers.corner_pool_block import CornerPoolBlock
-from models.losses.gaussian_focal_loss import gaussian_focal_loss
-from models.losses.separate_focal_loss import separate_focal_loss
+from models.reppoints.corner_pool_block import CornerPoolBlock
+from models.reppoints.gaussian_focal_loss import gaussian_focal_loss
+from models.reppoints.separate_focal_loss import separate_focal_loss
 from models.presets import PRESETS
-from models.task_modules.atss_assigner import ATSSAssigner
-from models.task_modules.point_generator import PointGenerator
+from models.reppoints.atss_assigner import ATSSAssigner
+from models.reppoints.point_generator import PointGenerator
 from tests.detection_checks import mean_ratio, overfit, rectangles_batch, top_k_match_iou, total_loss
 
 V2 = "reppoints_v2_r50_fpn_giou_1x"

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from models.task_modules.anchor_generator import AnchorGenerator, anchor_inside_flags
-from models.task_modules.assigners import AssignResult, MaxIoUAssigner
-from models.task_modules.box_coder import DeltaXYWHBBoxCoder
-from models.task_modules.samplers import RandomSampler
+from models.common.task_modules.anchor_generator import AnchorGenerator, anchor_inside_flags
+from models.common.task_modules.assigners import AssignResult, MaxIoUAssigner
+from models.common.task_modules.box_coder import DeltaXYWHBBoxCoder
+from models.common.task_modules.samplers import RandomSampler
 
 # ---------------------------------------------------------------- anchors
 

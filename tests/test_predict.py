@@ -32,9 +32,9 @@ def tiny_checkpoint(tiny_prepared, tmp_path_factory) -> Path:
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["schedule"]["epochs"] = 1
     params["models"][TINY_MODEL]["overrides"]["model"] = {"roi_head": {"test": {"score_thr": 0.0}}}
-    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=root / "ckpt",
+    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=root / "ckpt", weights_root=root / "ckpt",
                  metrics_root=root / "metrics", track=False)
-    return root / "ckpt" / TINY_MODEL / "model_final.pth"
+    return root / "ckpt" / f"{TINY_MODEL}.pth"
 
 
 @pytest.fixture(scope="module")

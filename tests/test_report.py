@@ -45,7 +45,7 @@ def test_report_uses_the_newest_finished_run_and_rewrites_the_readme(tmp_path, p
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
     md = write_report(params, readme=readme, reports_dir=tmp_path / "reports", metrics_root=metrics,
-                      checkpoint_root=None)
+                      weights_root=None)
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# T\n\nbefore\n") and text.endswith(f"{END}\nafter\n")
     row = next(line for line in text.splitlines() if line.startswith("| m_report"))
@@ -222,7 +222,7 @@ def test_the_corner_snapping_table_from_mlflow_and_the_metrics_files(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\n")
     md = write_report(snapping_params(), readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics,
-                      checkpoint_root=None)
+                      weights_root=None)
     assert "## RepPoints V2 joint inference (corner snapping)" in md
     assert "**RepPoints V2 joint inference (corner snapping)**" in readme.read_text()
     section = md.split("## RepPoints V2 joint inference")[1].split("\n## ")[0]
@@ -255,7 +255,7 @@ def test_no_corner_snapping_table_without_the_variant(tmp_path, params):
     write_metrics(metrics, "m_nosnap", "minival", stats_with(0.3))
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\n")
-    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, checkpoint_root=None)
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, weights_root=None)
     assert "snapping" not in md.lower() and "snapping" not in readme.read_text().lower()
 
 
@@ -333,7 +333,7 @@ def test_the_contour_snapping_table_from_mlflow_and_the_metrics_files(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\n")
-    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, checkpoint_root=None)
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, weights_root=None)
     text = readme.read_text()
     assert f"## Dense RepPoints V2 contour snapping\n\n{CONTOUR_TABLE}\n\n## All COCO numbers" in md
     assert f"**Dense RepPoints V2 contour snapping**\n\n{CONTOUR_TABLE}\n{END}" in text
@@ -364,7 +364,7 @@ def test_the_contour_table_follows_the_corner_table_and_each_keeps_to_its_switch
 
     readme = tmp_path / "README.md"
     readme.write_text(f"{BEGIN}\n{END}\n")
-    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, checkpoint_root=None)
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics, weights_root=None)
     text = readme.read_text()
     assert (f"## RepPoints V2 joint inference (corner snapping)\n\n{corner}\n\n"
             f"## Dense RepPoints V2 contour snapping\n\n{contour}\n\n## All COCO numbers") in md
@@ -444,7 +444,7 @@ def test_the_dense_reppoints_tables_from_mlflow_box_and_mask(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# T\n{BEGIN}\n{END}\n")
     md = write_report(dense_params(), readme=readme, reports_dir=tmp_path / "r", metrics_root=metrics,
-                      checkpoint_root=None)
+                      weights_root=None)
     text = readme.read_text()
     for out in (md, text):
         # in both places, right after the RepPoints tables and before CPM R-CNN's

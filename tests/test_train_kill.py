@@ -39,7 +39,7 @@ def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_m
     assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "ckpt" / TINY_MODEL / "model_final.pth").exists()
+    assert not (out / "ckpt" / f"{TINY_MODEL}.pth").exists()
     record = json.loads(latest.read_text())
     state = torch.load(out / "ckpt" / TINY_MODEL / record["file"], weights_only=False)  # not truncated
     assert state["epoch"] == record["epoch"]
@@ -55,7 +55,7 @@ def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_m
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert not list((out / "ckpt" / TINY_MODEL).glob(".*.tmp"))  # a temporary left by the kill is cleaned up
-    a = torch.load(tmp_path / "full" / "ckpt" / TINY_MODEL / "model_final.pth", weights_only=False)["model"]
-    b = torch.load(out / "ckpt" / TINY_MODEL / "model_final.pth", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "ckpt" / f"{TINY_MODEL}.pth", weights_only=False)["model"]
+    b = torch.load(out / "ckpt" / f"{TINY_MODEL}.pth", weights_only=False)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after kill + resume"

@@ -25,7 +25,7 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_prepared, tmp_pa
         train(tiny_prepared, tmp_path / "b", stop_at_iteration=iters_per_epoch + 1)
     latest = json.loads((tmp_path / "b" / "ckpt" / TINY_MODEL / "latest.json").read_text())
     assert latest["epoch"] == 1 and latest["iteration"] == iters_per_epoch
-    assert not (tmp_path / "b" / "ckpt" / TINY_MODEL / "model_final.pth").exists()
+    assert not (tmp_path / "b" / "ckpt" / f"{TINY_MODEL}.pth").exists()
 
     metrics_b, model_b = train(tiny_prepared, tmp_path / "b")
     assert metrics_b["iterations"] == metrics_a["iterations"]
@@ -42,10 +42,10 @@ def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_prepared, tmp_pa
 def test_checkpoints_of_another_configuration_are_set_aside(tiny_prepared, tmp_path):
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["schedule"]["epochs"] = 1
-    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt", weights_root=tmp_path / "ckpt",
                  metrics_root=tmp_path / "metrics", track=False)
     params["models"][TINY_MODEL]["overrides"]["schedule"]["lr"] = 0.02
-    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt", weights_root=tmp_path / "ckpt",
                  metrics_root=tmp_path / "metrics", track=False)
     prev = tmp_path / "ckpt" / TINY_MODEL / "previous"
     assert (prev / "epoch_0001.pth").exists() and "configuration changed" in (prev / "REASON.txt").read_text()

@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["schedule"]["epochs"] = args.epochs
-    run_training(TINY_MODEL, params, manifest_file=args.manifest, checkpoint_root=args.out / "ckpt",
+    run_training(TINY_MODEL, params, manifest_file=args.manifest, checkpoint_root=args.out / "ckpt", weights_root=args.out / "ckpt",
                  metrics_root=args.out / "metrics", track=True)
 
 
