@@ -64,7 +64,7 @@ from pipeline.evaluation import (
 from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker
-from pipeline.train import dataset_description
+from pipeline.train import dataset_description, file_digest
 
 
 #: what a weights file written by the train stage holds
@@ -282,6 +282,7 @@ def evaluate_model(
     ev_cfg = params.get("evaluate", {}) or {}
     device = resolve_device((params.get("train") or {}).get("device", "auto"))
     model, state = load_trained_model(weights_file(model_name, weights_root), device)
+    weights_sha = file_digest(weights_file(model_name, weights_root))
     cfg = state["config"]
     cat_ids = state["cat_ids"]
     manifest = load_manifest(manifest_file)
@@ -361,6 +362,7 @@ def evaluate_model(
             "detector": cfg["detector"],
             "dataset": metrics["dataset"],
             "scored": str(metrics["scored"]).lower(),
+            "weights_sha256": weights_sha,
         }
         for name, value in variants:
             tags[variant_switch(name)] = str(not value).lower()

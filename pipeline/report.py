@@ -43,6 +43,7 @@ from pipeline.evaluate import pr_curve_file
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.published import CPM_COMPONENT_TABLE, CPM_TESTDEV_TABLE, PAPER_TABLES, PUBLISHED
 from pipeline.tracking import client, newest_finished_run
+from pipeline.train import file_digest
 
 BEGIN = "<!-- results:begin -->"
 END = "<!-- results:end -->"
@@ -86,17 +87,24 @@ def checked_stats(run, file_metrics: dict[str, Any], path: Path, model_name: str
     return out
 
 
-def newest_run_or_fail(c, model_name: str, split: str):
-    run = newest_finished_run(c, model_name, "evaluate", split)
+def newest_run_or_fail(c, model_name: str, split: str, weights_sha256: str | None = None):
+    """The newest FINISHED evaluate run of ``model_name`` on ``split``; with ``weights_sha256``,
+    the newest that evaluated exactly those weights (the workspace's ``weights/<run>.pth``), so
+    that outputs DVC restored from its run-cache or pulled meet the MLflow run that made them,
+    not a later run of other weights."""
+    run = newest_finished_run(c, model_name, "evaluate", split, weights_sha256)
     if run is None:
+        of = f" of the weights {weights_sha256} (weights/{model_name}.pth)" if weights_sha256 else ""
         raise ReportError(
-            f"no FINISHED MLflow evaluate run for model {model_name!r}, split {split!r} in "
-            f"{c.tracking_uri}; re-run `dvc repro -f evaluate@{model_name}`"
+            f"no FINISHED MLflow evaluate run for model {model_name!r}, split {split!r}{of} in "
+            f"{c.tracking_uri}; re-run `dvc repro -f evaluate@{model_name}`, or point MLFLOW_TRACKING_URI at "
+            f"the store that recorded it (the team's server)"
         )
     return run
 
 
-def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[dict[str, Any]]:
+def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
+            weights_root: Path | None = None) -> list[dict[str, Any]]:
     """One record per (run, split): the MLflow numbers, checked against the metrics file.
 
     Runs are the entries of ``models`` and of ``ablations`` (``record["section"]``); an
@@ -114,12 +122,14 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
     splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
     for model_name, (section, entry) in run_entries(params).items():
         modules = ablation_modules(params, model_name)
+        weights = weights_file(model_name, weights_root) if weights_root is not None else None
+        digest = file_digest(weights) if weights is not None and weights.exists() else None
         for split in splits:
             path = Path(metrics_root) / model_name / f"{split}.json"
             if not path.exists():
                 raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
             file_metrics = json.loads(path.read_text())
-            run = newest_run_or_fail(c, model_name, split)
+            run = newest_run_or_fail(c, model_name, split, digest)
             record = {
                 "model": model_name,
                 "preset": entry.get("preset"),
@@ -135,7 +145,7 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR) -> list[di
             record.update(checked_stats(run, file_metrics, path, model_name, split))
             for name, v_metrics in (file_metrics.get("variants") or {}).items():
                 v_split = variant_split(split, name)
-                v_run = newest_run_or_fail(c, model_name, v_split)
+                v_run = newest_run_or_fail(c, model_name, v_split, digest)
                 switch = variant_switch(name) or "corner_snapping"
                 variant = {"run_id": v_run.info.run_id, switch: v_metrics.get(switch)}
                 variant.update(checked_stats(v_run, v_metrics, path, model_name, v_split, where=f"variants.{name}."))
@@ -656,7 +666,7 @@ def figures_markdown(figures: dict[str, dict[str, Path]], base: Path) -> str:
 def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir: Path = REPORTS_DIR,
                  metrics_root: Path = METRICS_DIR, weights_root: Path | None = WEIGHTS_DIR,
                  manifest_file: Path | None = MANIFEST_FILE) -> str:
-    rows = collect(params, metrics_root)
+    rows = collect(params, metrics_root, weights_root)
     table = results_table(rows)
     snapping = corner_snapping_table(rows)
     contour = contour_snapping_table(rows)

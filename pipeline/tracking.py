@@ -1,15 +1,18 @@
 """MLflow tracking: one run per train stage and per (evaluate stage, split).
 
-The store is SQLite at an absolute path in the repository root (see
-:func:`pipeline.paths.mlflow_tracking_uri`); artifacts go to ``mlartifacts/``. Runs carry
-the tags ``model``, ``stage``, ``split`` (evaluate only), ``preset``, ``scale``,
-``dataset`` and ``git_commit``. Run ids are never written into DVC-tracked outputs, so a
+The store is SQLite at an absolute path in the workspace root, also for the runs of a queued
+or temporary DVC experiment, which run in a copy (see :func:`pipeline.paths.mlflow_tracking_uri`);
+artifacts go to ``mlartifacts/``. Runs carry the tags ``model``, ``stage``, ``split`` (evaluate
+only), ``preset``, ``scale``, ``dataset``, ``git_commit``, ``weights_sha256`` (the final weights a
+run wrote or evaluated; the report matches the workspace's weights by it) and, under
+``dvc exp run``, ``dvc_experiment`` and ``dvc_baseline_rev``. Run ids are never written into DVC-tracked outputs, so a
 re-run with identical results leaves DVC's view unchanged.
 
 Only rank 0 of a distributed job tracks; other ranks get a no-op tracker.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -99,6 +102,9 @@ class Tracker:
         exp = experiment_id(self._client)
         tags = dict(self.tags)
         tags.setdefault("git_commit", git_commit())
+        for env, tag in (("DVC_EXP_NAME", "dvc_experiment"), ("DVC_EXP_BASELINE_REV", "dvc_baseline_rev")):
+            if os.environ.get(env):  # set by `dvc exp run` (also --queue / --temp, in their copy)
+                tags.setdefault(tag, os.environ[env])
         tags["mlflow.runName"] = self.run_name
         run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
@@ -156,11 +162,14 @@ class Tracker:
             self._client.set_tag(self.run_id, key, value)
 
 
-def newest_finished_run(c, model: str, stage: str, split: str | None = None):
-    """The newest FINISHED run with the given tags, or None."""
+def newest_finished_run(c, model: str, stage: str, split: str | None = None, weights_sha256: str | None = None):
+    """The newest FINISHED run with the given tags (``weights_sha256``: only runs of those exact
+    weights), or None."""
     flt = f"tags.model = '{model}' and tags.stage = '{stage}' and attributes.status = 'FINISHED'"
     if split is not None:
         flt += f" and tags.split = '{split}'"
+    if weights_sha256 is not None:
+        flt += f" and tags.weights_sha256 = '{weights_sha256}'"
     runs = c.search_runs(
         [experiment_id(c)], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1
     )

@@ -175,6 +175,7 @@ def run_training(
                 "fingerprint": fingerprint,
             }
             atomic_torch_save(final, weights_file(model_name, weights_root))
+            tracker.set_tag("weights_sha256", file_digest(weights_file(model_name, weights_root)))
             out_dir = Path(metrics_root) / model_name
             write_json(metrics, out_dir / "train.json")
             write_history_csv(result.history, out_dir / "train_curve.csv")

@@ -44,6 +44,8 @@ def tiny_params() -> dict:
     params["models"] = {
         TINY_MODEL: {
             "preset": "faster_rcnn_r50_fpn_1x",
+            "family": "faster_rcnn",
+            "base": "faster_rcnn",
             "scale": "cpu",
             "overrides": {"schedule": {"epochs": 2, "images_per_gpu": 4, "lr": 0.01, "warmup_iters": 2,
                                        "lr_steps": [1.5]}},

@@ -11,7 +11,7 @@ from tests.conftest import TINY_MODEL, tiny_params
 
 
 def train(manifest, root, **kw):
-    return run_training(TINY_MODEL, tiny_params(), manifest_file=manifest, checkpoint_root=root / "ckpt",
+    return run_training(TINY_MODEL, tiny_params(), manifest_file=manifest, checkpoint_root=root / "ckpt", weights_root=root / "ckpt",
                         metrics_root=root / "metrics", track=False, **kw)
 
 

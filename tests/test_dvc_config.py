@@ -1,0 +1,141 @@
+"""dvc.yaml as DVC reads it (no stage runs): which stages a changed file or parameter
+invalidates, what is cached and shared, and the declared artifacts and plots."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import load_params, run_entries
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def stages():
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return {s.addressing: s for s in repo.index.stages}
+
+
+def dep_paths(stage) -> list[str]:
+    return [d.def_path for d in stage.deps if not hasattr(d, "params")]
+
+
+def invalidated_by(stages, path: str) -> set[str]:
+    """The stages whose dependencies include ``path`` (itself or a folder above it): the ones
+    `dvc status` reports as changed once that file changes in an up-to-date workspace."""
+    out = set()
+    for name, stage in stages.items():
+        for dep in dep_paths(stage):
+            if path == dep or path.startswith(dep.rstrip("/") + "/"):
+                out.add(name)
+    return out
+
+
+def params_of(stages) -> dict[str, set[str]]:
+    from dvc.dependency.param import ParamsDependency
+
+    return {name: {p for d in s.deps if isinstance(d, ParamsDependency) for p in (d.params or [])}
+            for name, s in stages.items()}
+
+
+def runs_of(*families: str) -> set[str]:
+    params = load_params(REPO / "params.yaml")
+    out = set()
+    for name, (section, entry) in run_entries(params).items():
+        if entry.get("family") in families:
+            pre = "" if section == "models" else "_ablation"
+            out |= {f"train{pre}@{name}", f"evaluate{pre}@{name}"}
+    return out
+
+
+FAMILY_FILES = {
+    "models/faster_rcnn/faster_rcnn.py": ("faster_rcnn",),
+    "models/d2det/d2det_head.py": ("d2det",),
+    "models/grid_rcnn/grid_head.py": ("grid_rcnn", "cpm_rcnn"),  # CPM R-CNN builds on Grid R-CNN
+    "models/cpm_rcnn/cpm_roi_head.py": ("cpm_rcnn",),
+    "models/reppoints/reppoints_head.py": ("reppoints", "dense_reppoints"),  # Dense builds on RepPoints
+    "models/dense_reppoints/dense_reppoints_v2_head.py": ("dense_reppoints",),
+}
+
+
+@pytest.mark.parametrize("path", sorted(FAMILY_FILES))
+def test_a_family_file_invalidates_that_family_and_the_report(stages, path):
+    assert (REPO / path).exists()
+    expected = runs_of(*FAMILY_FILES[path]) | {"report"}
+    assert len(expected) > 1
+    assert invalidated_by(stages, path) == expected
+
+
+def test_shared_and_pipeline_files_invalidate_what_uses_them(stages):
+    all_runs = {n for n in stages if n.split("@")[0] in ("train", "evaluate", "train_ablation", "evaluate_ablation")}
+    trains = {n for n in all_runs if n.startswith("train")}
+    evals = all_runs - trains
+    assert invalidated_by(stages, "models/common/backbones/freezing.py") == all_runs | {"report"}
+    assert invalidated_by(stages, "pipeline/figures.py") == evals | {"report"}  # no retraining for a plot change
+    assert invalidated_by(stages, "pipeline/visualize.py") == {"report"}
+    assert invalidated_by(stages, "pipeline/tracking.py") == set()  # where runs are recorded changes no result
+    assert invalidated_by(stages, "checkpoints/d2det_r50_fpn/epoch_0001.pth") == set()
+
+
+def test_settings_that_cannot_change_a_result_are_no_dependency(stages):
+    tracked = set().union(*params_of(stages).values())
+    for key in ("train.log_interval", "train.keep_checkpoints", "train.num_workers"):
+        assert key not in tracked and "train" not in tracked, key
+    for name, keys in params_of(stages).items():
+        if name.startswith(("train@", "evaluate@", "train_ablation@", "evaluate_ablation@")):
+            run = name.split("@")[1]
+            assert not any(k.startswith(("models.", "ablations.")) and not k.endswith(f".{run}") for k in keys), \
+                (name, keys)  # a run depends on its own entry only
+
+
+def test_evaluate_depends_on_the_final_weights_and_the_report_on_no_epoch_state(stages):
+    for name, stage in stages.items():
+        if name.startswith("evaluate"):
+            run = name.split("@")[1]
+            deps = dep_paths(stage)
+            assert f"weights/{run}.pth" in deps and not any(d.startswith("checkpoints") for d in deps)
+    assert not any(d.startswith("checkpoints") for d in dep_paths(stages["report"]))
+
+
+def test_train_and_evaluate_outputs_are_cached_and_never_persist(stages):
+    """DVC keeps a stage's run-cache only when no output persists and every output but metrics
+    and plots is cached; the final weights are the train stage's cached output."""
+    for name, stage in stages.items():
+        for out in stage.outs:
+            assert not out.persist, (name, out.def_path)
+        if name != "report":
+            for out in stage.outs:
+                assert out.use_cache or out.is_metric or out.is_plot, (name, out.def_path)
+        if name.startswith("train"):
+            assert f"weights/{name.split('@')[1]}.pth" in [o.def_path for o in stage.outs if o.use_cache]
+
+
+def test_every_run_is_a_declared_model_artifact():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    artifacts = dvc["artifacts"]
+    params = load_params(REPO / "params.yaml")
+    for name in run_entries(params):
+        assert artifacts.get(name, {}).get("path") == f"weights/{name}.pth", name
+        assert artifacts[name]["type"] == "model"
+    assert set(artifacts) == set(run_entries(params))
+
+
+def test_the_top_level_plots_overlay_every_run():
+    from pipeline.report import OVERLAY_PLOTS
+
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    plots = {next(iter(p)): next(iter(p.values())) for p in dvc["plots"]}
+    assert set(plots) == {f"reports/plots/{name}" for name in OVERLAY_PLOTS}
+    assert "reports/plots/pr_minival_segm.csv" in plots  # the mask PR curves are plots too
+    for props in plots.values():
+        assert props["template"] == "by_model"
+    template = (REPO / ".dvc" / "plots" / "by_model.json").read_text()
+    assert '"field": "model"' in template and "<DVC_METRIC_DATA>" in template
+
+
+def test_git_ignores_the_epoch_state_but_not_what_dvc_tracks():
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "/checkpoints/" in ignored
+    for path in ("/weights/", "/results/", "/metrics/"):
+        assert path not in ignored, f"{path}: DVC writes its own .gitignore entries for cached outputs"
