@@ -10,7 +10,7 @@ Two measurements, both printed as ours (``box_grid``) against the peer (``full``
    each method with the gt, the IoU between the two methods, and the milliseconds of each
    (``box_grid`` = :func:`points_to_box_score_maps` + :func:`paste_masks`; ``full`` =
    :func:`points_to_full_masks`), median of ``--iters``.
-2. **A trained model** (``--model NAME``, repeatable; needs ``checkpoints/NAME/model_final.pth``
+2. **A trained model** (``--model NAME``, repeatable; needs ``weights/NAME.pth``
    and ``data/prepared``, i.e. ``dvc repro train@NAME``): minival predicted once per method
    (the head's ``mask_resolution`` switched, everything else the same), both result sets scored
    with COCOeval. Printed: segm AP / AP50 / AP75 per method and the difference, the mean and
@@ -112,10 +112,10 @@ def trained_model(name: str) -> None:
     from pipeline.data import build_dataset, load_manifest
     from pipeline.evaluate import attribute_set, load_trained_model, predict_split, score_records
     from pipeline.evaluation import load_coco_quietly
-    from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, PARAMS_FILE
+    from pipeline.paths import MANIFEST_FILE, PARAMS_FILE, weights_file
 
     params = load_params(PARAMS_FILE)
-    model, state = load_trained_model(CHECKPOINT_DIR / name / "model_final.pth", torch.device("cpu"))
+    model, state = load_trained_model(weights_file(name), torch.device("cpu"))
     if not hasattr(model.bbox_head, "mask_resolution"):
         raise SystemExit(f"{name}: not a Dense RepPoints model (its head has no mask_resolution)")
     split = load_manifest(MANIFEST_FILE).split("minival")

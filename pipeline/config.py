@@ -56,7 +56,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[st
 #: The params.yaml sections that hold trainable runs, each entry a preset, a scale and overrides:
 #: ``models`` (the models of the results tables) and ``ablations`` (module ablations, e.g. CPM
 #: R-CNN with some of its modules switched off). A run trains, evaluates and is recorded under its
-#: name alike in either section (``checkpoints/<name>``, ``metrics/<name>``, ``results/<name>``).
+#: name alike in either section (``weights/<name>.pth``, ``metrics/<name>``, ``results/<name>``).
 RUN_SECTIONS = ("models", "ablations")
 
 

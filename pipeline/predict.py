@@ -1,6 +1,6 @@
 """Run a trained detector on image files: COCO result records and pictures of the detections.
 
-    python -m pipeline.predict --checkpoint checkpoints/faster_rcnn_r50_fpn/model_final.pth \\
+    python -m pipeline.predict --checkpoint weights/faster_rcnn_r50_fpn.pth \\
         --input IMAGE_OR_FOLDER --out DIR [--score-thr 0.3] [--device auto] [--batch-size 4]
 
 ``--input`` is one image or a folder, whose ``.jpg``/``.jpeg``/``.png`` files are read in
@@ -211,7 +211,7 @@ def run_predict(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a model_final.pth written by the train stage")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="final weights written by the train stage (weights/<model>.pth)")
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of .jpg/.jpeg/.png")
     parser.add_argument("--out", type=Path, required=True, help="folder for predictions.json and the pictures")
     parser.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")
