@@ -281,8 +281,9 @@ def evaluate_model(
     ``params['evaluate']['splits']``."""
     ev_cfg = params.get("evaluate", {}) or {}
     device = resolve_device((params.get("train") or {}).get("device", "auto"))
-    model, state = load_trained_model(weights_file(model_name, weights_root), device)
-    weights_sha = file_digest(weights_file(model_name, weights_root))
+    weights = weights_file(model_name, weights_root)
+    model, state = load_trained_model(weights, device)
+    weights_sha = file_digest(weights) if weights.exists() else "unknown"  # tags the MLflow runs
     cfg = state["config"]
     cat_ids = state["cat_ids"]
     manifest = load_manifest(manifest_file)

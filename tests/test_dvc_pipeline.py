@@ -137,9 +137,25 @@ def test_a_second_repro_runs_nothing(workspace):
     assert ran(out([*DVC, "repro"], repo)) == []
 
 
+def test_dvc_plots_show_overlays_the_runs_one_figure_each(workspace):
+    repo, _ = workspace
+    printed = run([*DVC, "plots", "show", "--json"], repo).stdout
+    shown = json.loads(printed[printed.index("{"):])["data"]
+    assert sorted(shown) == ["reports/plots/pr_minival_bbox.csv", "reports/plots/pr_minival_segm.csv",
+                             "reports/plots/train_loss.csv"], printed[:500]
+    assert shown["reports/plots/pr_minival_segm.csv"] == []  # declared, but no run here has masks
+    for name in ("reports/plots/pr_minival_bbox.csv", "reports/plots/train_loss.csv"):
+        assert len(shown[name]) == 1, name  # one figure per overlay, not one per run and file
+        assert shown[name][0]["content"]["encoding"]["color"]["field"] == "model", name  # a colour per run
+    values = shown["reports/plots/train_loss.csv"][0]["content"]["data"]["values"]
+    assert {v["model"] for v in values} == {TINY_MODEL} and len(values) == 8  # 8 iterations
+
+
 def test_an_identical_retrain_changes_no_output_and_no_metric(workspace):
     repo, _ = workspace
+    shutil.rmtree(repo / "checkpoints" / TINY_MODEL)  # no epoch state to resume from: train from scratch
     log = out([*DVC, "repro", "-f", f"train@{TINY_MODEL}", f"evaluate@{TINY_MODEL}"], repo)
+    assert "resumed from" not in log
     assert f"train@{TINY_MODEL}" in ran(log)
     assert git_status(repo) == ""  # dvc.lock: the weights and every result have the same hashes
     assert out([*DVC, "metrics", "diff"], repo).strip() == ""
