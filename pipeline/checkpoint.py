@@ -11,7 +11,8 @@ Layout of ``checkpoints/<run>/`` (the resumable state: git-ignored, no DVC outpu
 pushed; a finished run's weights go to ``weights/<run>.pth``, the train stage's output)::
 
     epoch_0001.pth ...   full training state after each epoch (the newest few are kept)
-    latest.json          {"file": "epoch_0003.pth", "epoch": 3, "iteration": 750, "fingerprint": ...}
+    latest.json          {"file": "epoch_0003.pth", "epoch": 3, "iteration": 750, "fingerprint": ...,
+                          "mlflow_run_id": ...}  (the run a resumed training continues)
 """
 from __future__ import annotations
 
@@ -120,12 +121,14 @@ class CheckpointManager:
             p.unlink()
         return stale
 
-    def save(self, state: dict[str, Any], epoch: int, iteration: int, fingerprint: str) -> Path:
-        """Write ``state`` as the checkpoint of ``epoch`` and point latest.json at it."""
+    def save(self, state: dict[str, Any], epoch: int, iteration: int, fingerprint: str,
+             extra: dict[str, Any] | None = None) -> Path:
+        """Write ``state`` as the checkpoint of ``epoch`` and point latest.json at it (with the
+        ``extra`` fields, e.g. the MLflow run id a resumed training continues)."""
         name = f"epoch_{epoch:04d}.pth"
         path = self.directory / name
         atomic_torch_save(state, path)
-        record = {"file": name, "epoch": epoch, "iteration": iteration, "fingerprint": fingerprint}
+        record = {"file": name, "epoch": epoch, "iteration": iteration, "fingerprint": fingerprint, **(extra or {})}
         atomic_write_text(self.latest_file, json.dumps(record, indent=2) + "\n")
         self._prune(keep=name)
         return path

@@ -346,7 +346,13 @@ class Trainer:
             self.train_seconds += now - epoch_start
             epoch_start = now
             if is_main:
-                self.checkpoints.save(self.state_dict(epoch + 1), epoch + 1, self.iteration, self.fingerprint)
+                # Metrics first, then the checkpoint: every step up to a checkpoint is in the store
+                # when the checkpoint exists (a resume skips the steps the store already has).
+                if self.tracker is not None:
+                    self.tracker.flush()
+                run_id = getattr(self.tracker, "run_id", None)
+                self.checkpoints.save(self.state_dict(epoch + 1), epoch + 1, self.iteration, self.fingerprint,
+                                      extra={"mlflow_run_id": run_id} if run_id else None)
             distributed.barrier()
         bar.close()
         elapsed = time.time() - start_time

@@ -63,7 +63,7 @@ from pipeline.evaluation import (
 )
 from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, TrackingStoreError
 from pipeline.train import dataset_description, file_digest
 
 
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         evaluate_model(args.model, load_params(args.params))
-    except WeightsError as e:
+    except (WeightsError, TrackingStoreError) as e:
         raise SystemExit(f"[evaluate] {e}") from e
 
 

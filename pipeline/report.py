@@ -42,7 +42,7 @@ from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_c
 from pipeline.evaluate import pr_curve_file
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.published import CPM_COMPONENT_TABLE, CPM_TESTDEV_TABLE, PAPER_TABLES, PUBLISHED
-from pipeline.tracking import client, newest_finished_run
+from pipeline.tracking import TrackingStoreError, client, newest_finished_run
 from pipeline.train import file_digest
 
 BEGIN = "<!-- results:begin -->"
@@ -710,7 +710,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         md = write_report(load_params(args.params))
-    except ReportError as e:
+    except (ReportError, TrackingStoreError) as e:
         raise SystemExit(f"[report] {e}") from e
     print(md)
 

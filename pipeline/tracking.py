@@ -54,16 +54,53 @@ def client():
     """An MlflowClient on the project's store, creating the experiment on first use."""
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(tracking_uri=mlflow_tracking_uri())
-    return c
+    uri = mlflow_tracking_uri()
+    check_reachable(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+class TrackingStoreError(RuntimeError):
+    """The MLflow tracking store cannot be reached (a server that is down, a wrong URI)."""
+
+
+_REACHABLE: set[str] = set()
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (``http(s)://``) rather than a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """For a tracking server, ask its ``/health`` once per process, with a short timeout, so a
+    stage whose server is down fails at once with the URI in the message, instead of after the
+    MLflow client's minutes of retries. Local stores need no check."""
+    if not is_server(uri) or uri in _REACHABLE:
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise urllib.error.URLError(f"HTTP {r.status}")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingStoreError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it, or set "
+            f"MLFLOW_TRACKING_URI to a server that runs (unset it for the local store {REPO_ROOT}/mlflow.db)"
+        ) from e
+    _REACHABLE.add(uri)
 
 
 def experiment_id(c) -> str:
     exp = c.get_experiment_by_name(EXPERIMENT_NAME)
     if exp is not None:
         return exp.experiment_id
+    # A server decides where artifacts go (its --artifacts-destination, served to every client);
+    # a local store puts them under the workspace's mlartifacts/.
+    location = None if is_server(c.tracking_uri) else f"{mlflow_artifact_root()}/{EXPERIMENT_NAME}"
     try:
-        return c.create_experiment(EXPERIMENT_NAME, artifact_location=f"{mlflow_artifact_root()}/{EXPERIMENT_NAME}")
+        return c.create_experiment(EXPERIMENT_NAME, artifact_location=location)
     except Exception:  # created concurrently by another stage
         exp = c.get_experiment_by_name(EXPERIMENT_NAME)
         if exp is None:
@@ -76,7 +113,12 @@ class Tracker:
 
     Metrics logged with :meth:`log_metrics` are buffered and written in batches (every
     ``flush_every`` calls and on exit), so per-iteration losses cost little. On an
-    exception the run ends FAILED (KILLED on Ctrl-C) and what was logged is kept.
+    exception the run ends FAILED (KILLED on Ctrl-C or SIGTERM) and what was logged is kept.
+
+    ``resume_run_id`` (a resumed training: the id its checkpoint recorded) continues that run
+    instead of opening a new one: its status goes back to RUNNING, its params stay, and a
+    metric step it already holds is not logged again, so the history of a killed and resumed
+    training is one run with every step once.
     """
 
     def __init__(
@@ -85,7 +127,9 @@ class Tracker:
         tags: dict[str, str],
         enabled: bool = True,
         flush_every: int = 50,
+        resume_run_id: str | None = None,
     ) -> None:
+        self.resume_run_id = resume_run_id
         self.run_name = run_name
         self.tags = {k: str(v) for k, v in tags.items()}
         self.enabled = enabled
@@ -93,7 +137,9 @@ class Tracker:
         self._buffer: list = []
         self._calls = 0
         self.run_id: str | None = None
+        self.resumed = False
         self._client = None
+        self._logged_through: dict[str, int] = {}  # metric key -> last step already in the store
 
     def __enter__(self) -> "Tracker":
         if not self.enabled:
@@ -106,9 +152,29 @@ class Tracker:
             if os.environ.get(env):  # set by `dvc exp run` (also --queue / --temp, in their copy)
                 tags.setdefault(tag, os.environ[env])
         tags["mlflow.runName"] = self.run_name
+        if self.resume_run_id and self._continue(self.resume_run_id, exp):
+            return self
         run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
         self.run_id = run.info.run_id
         return self
+
+    def _continue(self, run_id: str, exp: str) -> bool:
+        """Reopen run ``run_id`` of this store and experiment (a resumed training), remembering
+        the last step of each metric it holds so that no step is logged twice. False when the
+        store has no such run (another store, deleted): a new run is created instead."""
+        try:
+            run = self._client.get_run(run_id)
+        except Exception:  # MlflowException RESOURCE_DOES_NOT_EXIST
+            return False
+        if run.info.experiment_id != exp or run.info.lifecycle_stage != "active":
+            return False
+        for key in run.data.metrics:
+            history = self._client.get_metric_history(run_id, key)
+            self._logged_through[key] = max((m.step for m in history), default=-1)
+        self._client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        self.resumed = True
+        return True
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled or self.run_id is None:
@@ -125,7 +191,7 @@ class Tracker:
             self._client.set_terminated(self.run_id, status=status)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if not self.enabled:
+        if not self.enabled or self.resumed:  # a continued run has its params already
             return
         from mlflow.entities import Param
 
@@ -140,7 +206,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items())
+        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+                            if int(step) > self._logged_through.get(k, -1))  # not twice after a resume
         self._calls += 1
         if self._calls % self.flush_every == 0:
             self.flush()

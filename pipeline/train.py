@@ -18,8 +18,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from pipeline.config import load_params, resolve_model_config
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, TrackingStoreError
 
 
 def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
@@ -49,6 +52,25 @@ def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> No
            "-m", "pipeline.train", *(sys.argv[1:] if argv is None else argv)]
     print("[train] launching: " + " ".join(cmd), flush=True)
     raise SystemExit(subprocess.call(cmd))
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block, SIGTERM (a cluster scheduler's stop, ``kill``) raises KeyboardInterrupt,
+    so the MLflow run ends KILLED rather than staying RUNNING; the epoch checkpoints on disk make
+    the next start resume. Only in the main thread (signals cannot be set elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def dataset_description(manifest, split: str, num_images: int) -> str:
@@ -133,7 +155,14 @@ def run_training(
         "detector": cfg["detector"],
         "dataset": dataset_description(manifest, "train", len(dataset)),
     }
-    with Tracker(f"train/{model_name}", tags, enabled=track and dist_info.is_main) as tracker:
+    resume_run_id = None
+    if resume and dist_info.is_main:  # continue the MLflow run of the checkpoint we resume from
+        record = ckpt.latest()
+        if record is not None and record.get("fingerprint") == fingerprint:
+            resume_run_id = record.get("mlflow_run_id")
+    with sigterm_as_interrupt(), \
+            Tracker(f"train/{model_name}", tags, enabled=track and dist_info.is_main,
+                    resume_run_id=resume_run_id) as tracker:
         tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
                             "world_size": dist_info.world_size})
         trainer = Trainer(
@@ -199,6 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)), argv)
     try:
         metrics, _ = run_training(args.model, params, resume=not args.no_resume)
+    except TrackingStoreError as e:
+        raise SystemExit(f"[train] {e}") from e
     finally:
         distributed.cleanup()
     if distributed.current().is_main:

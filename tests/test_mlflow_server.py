@@ -1,0 +1,128 @@
+"""A team's tracking server as the store: a real `mlflow server` on a loopback port (SQLite
+backend, artifacts in a temporary folder), a tiny train -> evaluate -> report against it, and
+the records checked through the server's REST API. And a server that is down fails a stage at
+once, naming the URI."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pipeline.evaluate import evaluate_model
+from pipeline.report import BEGIN, END, write_report
+from pipeline.tracking import TrackingStoreError
+from pipeline.train import run_training
+from tests.conftest import TINY_MODEL, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(base: str, endpoint: str, **query) -> dict:
+    url = f"{base}{endpoint}?{urllib.parse.urlencode(query)}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def post(base: str, endpoint: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}{endpoint}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on a free loopback port; its URL once /health answers (at most 90 s)."""
+    port = free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"mlflow server did not answer in 90 s: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, tmp_path / "artifacts"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_prepared, tmp_path, monkeypatch):
+    url, artifacts = mlflow_server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.delenv("DETLAB_MLFLOW_ARTIFACTS", raising=False)  # the server decides where artifacts go
+    params = tiny_params()
+    roots = dict(weights_root=tmp_path / "weights", metrics_root=tmp_path / "metrics")
+    run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt", **roots)
+    evaluate_model(TINY_MODEL, params, manifest_file=tiny_prepared, results_root=tmp_path / "results", **roots)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BEGIN}\n{END}\n")
+    md = write_report(params, readme=readme, reports_dir=tmp_path / "reports", manifest_file=tiny_prepared, **roots)
+    assert f"| {TINY_MODEL} |" in md and f"| {TINY_MODEL} |" in readme.read_text()  # read from the server
+
+    # what the server holds, through its REST API
+    exp = get(url, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="detlab")["experiment"]
+    assert exp["artifact_location"].startswith("mlflow-artifacts:")  # served by the server, not a client path
+    runs = post(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    by_name = {r["info"]["run_name"]: r for r in runs}
+    assert sorted(by_name) == [f"evaluate/{TINY_MODEL}/minival", f"evaluate/{TINY_MODEL}/test-dev",
+                               f"train/{TINY_MODEL}"]
+    assert {r["info"]["status"] for r in runs} == {"FINISHED"}
+    tags = {t["key"]: t["value"] for t in by_name[f"evaluate/{TINY_MODEL}/minival"]["data"]["tags"]}
+    train_tags = {t["key"]: t["value"] for t in by_name[f"train/{TINY_MODEL}"]["data"]["tags"]}
+    assert tags["stage"] == "evaluate" and tags["weights_sha256"] == train_tags["weights_sha256"] != "unknown"
+    train_id = by_name[f"train/{TINY_MODEL}"]["info"]["run_id"]
+    history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=train_id, metric_key="train/loss")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(1, 9))  # 2 epochs x 4 iterations, each once
+    metrics = {m["key"]: m["value"] for m in by_name[f"evaluate/{TINY_MODEL}/minival"]["data"]["metrics"]}
+    assert 0 <= metrics["bbox_AP"] <= 1 and "bbox_AP50" in metrics
+    eval_id = by_name[f"evaluate/{TINY_MODEL}/minival"]["info"]["run_id"]
+    files = [f["path"] for f in get(url, "/api/2.0/mlflow-artifacts/artifacts",
+                                    path=f"{exp['experiment_id']}/{eval_id}/artifacts").get("files", [])]
+    assert "minival.json" in files, files
+    assert list(artifacts.rglob("minival.json"))  # stored in the server's artifact folder
+
+
+def test_an_unreachable_server_fails_the_stage_at_once_naming_it(tiny_prepared, tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    start = time.time()
+    with pytest.raises(TrackingStoreError, match=f"MLflow tracking server {url} is unreachable"):
+        run_training(TINY_MODEL, tiny_params(), manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+                     weights_root=tmp_path / "w", metrics_root=tmp_path / "m")
+    assert time.time() - start < 60
+    assert not (tmp_path / "w" / f"{TINY_MODEL}.pth").exists()
