@@ -3,6 +3,9 @@
     python -m pipeline.predict --checkpoint weights/faster_rcnn_r50_fpn.pth \\
         --input IMAGE_OR_FOLDER --out DIR [--score-thr 0.3] [--device auto] [--batch-size 4]
 
+``--checkpoint`` also takes an MLflow model URI: ``models:/faster_rcnn_r50_fpn/3`` (a registered
+version; every train run registers one) or ``runs:/<run id>/model``.
+
 ``--input`` is one image or a folder, whose ``.jpg``/``.jpeg``/``.png`` files are read in
 sorted order (grayscale, RGBA and palette images are converted to RGB). Each image gets
 the checkpoint's test transform (its ``data.test_scale``, no flip) and the detector runs
@@ -38,6 +41,7 @@ from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTrans
 from pipeline.engine import resolve_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import load_trained_model
+from pipeline.logged_model import is_model_uri, load_logged_model
 from pipeline.evaluation import detections_to_coco, write_results
 from pipeline.visualize import draw_output, save_png
 
@@ -169,9 +173,16 @@ def predict_images(
     return list(iter_predictions(model, state, paths, device, score_thr=score_thr, batch_size=batch_size))
 
 
-def load_checkpoint(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """:func:`pipeline.evaluate.load_trained_model`, with a DataError naming the file when it
-    is missing or is not a detector checkpoint."""
+def load_checkpoint(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The detector and its state from a weights file (:func:`pipeline.evaluate.load_trained_model`)
+    or from an MLflow model URI (``models:/<name>/<version>``, ``runs:/<id>/model``;
+    :func:`pipeline.logged_model.load_logged_model`), with a DataError naming it when it is
+    missing or is not a detector."""
+    if is_model_uri(str(checkpoint)):
+        try:
+            return load_logged_model(str(checkpoint), device)
+        except Exception as e:  # unknown name or version, unreachable store, not ours
+            raise DataError(f"{checkpoint}: cannot load the logged model: {type(e).__name__}: {e}") from e
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint not found")
@@ -211,7 +222,9 @@ def run_predict(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True, help="final weights written by the train stage (weights/<model>.pth)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="final weights written by the train stage (weights/<model>.pth), or an MLflow model "
+                             "URI (models:/<model>/<version>, runs:/<run id>/model)")
     parser.add_argument("--input", type=Path, required=True, help="an image file or a folder of .jpg/.jpeg/.png")
     parser.add_argument("--out", type=Path, required=True, help="folder for predictions.json and the pictures")
     parser.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this")

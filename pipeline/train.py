@@ -32,6 +32,7 @@ from pipeline import distributed
 from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint
 from pipeline.config import load_params, resolve_model_config
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
+from pipeline.logged_model import log_and_register
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError
@@ -95,6 +96,7 @@ def run_training(
     weights_root: Path = WEIGHTS_DIR,
     resume: bool = True,
     track: bool = True,
+    log_model: bool = True,
     stop_at_iteration: int | None = None,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``model_name`` as configured in ``params``.
@@ -205,6 +207,8 @@ def run_training(
             }
             atomic_torch_save(final, weights_file(model_name, weights_root))
             tracker.set_tag("weights_sha256", file_digest(weights_file(model_name, weights_root)))
+            if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <model_name>
+                tracker.set_tag("registered_model", log_and_register(tracker.run_id, model, final, model_name))
             out_dir = Path(metrics_root) / model_name
             write_json(metrics, out_dir / "train.json")
             write_history_csv(result.history, out_dir / "train_curve.csv")

@@ -116,6 +116,21 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
     assert "minival.json" in files, files
     assert list(artifacts.rglob("minival.json"))  # stored in the server's artifact folder
 
+    # the trained model: logged to the train run, registered as version 1 of its name, and a
+    # `models:/` URI is enough to predict
+    registered = get(url, "/api/2.0/mlflow/registered-models/get", name=TINY_MODEL)["registered_model"]
+    assert [v["version"] for v in registered["latest_versions"]] == ["1"]
+    assert registered["latest_versions"][0]["run_id"] == train_id
+    assert train_tags["registered_model"] == f"models:/{TINY_MODEL}/1"
+    from pipeline.data import load_manifest
+    from pipeline.predict import run_predict
+
+    image_dir = load_manifest(tiny_prepared).split("minival").img_dir
+    image = sorted(Path(image_dir).glob("*.png")) + sorted(Path(image_dir).glob("*.jpg"))
+    records = run_predict(f"models:/{TINY_MODEL}/1", image[0], tmp_path / "pred", score_thr=0.0)
+    assert records and {"bbox", "score", "category_id"} <= set(records[0])
+    assert (tmp_path / "pred" / "predictions.json").exists()
+
 
 def test_an_unreachable_server_fails_the_stage_at_once_naming_it(tiny_prepared, tmp_path, monkeypatch):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
