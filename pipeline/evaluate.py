@@ -63,7 +63,7 @@ from pipeline.evaluation import (
 )
 from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
-from pipeline.tracking import Tracker, TrackingStoreError
+from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
 from pipeline.train import dataset_description, file_digest
 
 
@@ -227,9 +227,12 @@ def score_records(gt, records: dict[str, list[dict[str, Any]]], image_ids: list[
 
 def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any], cfg: dict[str, Any],
                      state: dict[str, Any], metrics: dict[str, Any], sec_per_img: float, artifacts: list[Path],
-                     track: bool = True) -> None:
-    """One MLflow evaluate run: params, the COCO numbers as ``<task>_<stat>``, the artifacts."""
+                     track: bool = True, dataset: tuple[str, str, str, str] | None = None) -> None:
+    """One MLflow evaluate run: params, the COCO numbers as ``<task>_<stat>``, the artifacts and
+    the data it scored (``dataset``: name, digest, source, context for :meth:`Tracker.log_dataset`)."""
     with Tracker(run_name, tags, enabled=track) as tracker:
+        if dataset is not None:
+            tracker.log_dataset(*dataset)
         tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
         flat = {}
         for iou_type in ("bbox", "segm"):
@@ -368,14 +371,16 @@ def evaluate_model(
         for name, value in variants:
             tags[variant_switch(name)] = str(not value).lower()
         artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]
+        data_input = (f"{manifest.source}/{split_name}", prepared_data_digest(manifest_file), str(split.ann_file),
+                      split_name)
         log_evaluate_run(f"evaluate/{model_name}/{split_name}", tags, ev_cfg, cfg, state, metrics, sec_per_img,
-                         artifacts, track)
+                         artifacts, track, data_input)
         for variant_name, value, variant_metrics, v_sec in variant_runs:
             v_split = variant_split(split_name, variant_name)
             log_evaluate_run(f"evaluate/{model_name}/{v_split}",
                              {**tags, "split": v_split, "variant": variant_name,
                               variant_switch(variant_name): str(value).lower()},
-                             ev_cfg, cfg, state, variant_metrics, v_sec, [out], track)
+                             ev_cfg, cfg, state, variant_metrics, v_sec, [out], track, data_input)
     return all_metrics
 
 

@@ -12,6 +12,7 @@ Only rank 0 of a distributed job tracks; other ranks get a no-op tracker.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -128,8 +129,11 @@ class Tracker:
         enabled: bool = True,
         flush_every: int = 50,
         resume_run_id: str | None = None,
+        system_metrics: bool = False,
     ) -> None:
         self.resume_run_id = resume_run_id
+        self.system_metrics = system_metrics
+        self._monitor = None
         self.run_name = run_name
         self.tags = {k: str(v) for k, v in tags.items()}
         self.enabled = enabled
@@ -140,6 +144,7 @@ class Tracker:
         self.resumed = False
         self._client = None
         self._logged_through: dict[str, int] = {}  # metric key -> last step already in the store
+        self._warned = False
 
     def __enter__(self) -> "Tracker":
         if not self.enabled:
@@ -152,11 +157,39 @@ class Tracker:
             if os.environ.get(env):  # set by `dvc exp run` (also --queue / --temp, in their copy)
                 tags.setdefault(tag, os.environ[env])
         tags["mlflow.runName"] = self.run_name
-        if self.resume_run_id and self._continue(self.resume_run_id, exp):
-            return self
-        run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
-        self.run_id = run.info.run_id
+        if not (self.resume_run_id and self._continue(self.resume_run_id, exp)):
+            run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
+            self.run_id = run.info.run_id
+        if self.system_metrics:
+            self._start_system_metrics()
         return self
+
+    def _start_system_metrics(self) -> None:
+        """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU where present) on this
+        run, sampling every ``DETLAB_SYSTEM_METRICS_INTERVAL`` seconds (10). A monitor that cannot
+        start costs a warning, never the training."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            interval = float(os.environ.get("DETLAB_SYSTEM_METRICS_INTERVAL", "10"))
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval,
+                                                 resume_logging=self.resumed, tracking_uri=mlflow_tracking_uri())
+            self._monitor.start()
+        except Exception as e:  # noqa: BLE001 - optional instrumentation
+            print(f"[tracking] system metrics off: {type(e).__name__}: {e}", flush=True)
+            self._monitor = None
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """Record the data the run read (``mlflow.log_input`` for this run): ``digest`` identifies
+        the contents (the DVC hash of ``data/prepared`` where dvc.lock has it), ``context`` the
+        split (``train``, ``minival``, ...)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
+        self._client.log_inputs(self.run_id, datasets=[
+            DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
     def _continue(self, run_id: str, exp: str) -> bool:
         """Reopen run ``run_id`` of this store and experiment (a resumed training), remembering
@@ -179,8 +212,13 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled or self.run_id is None:
             return
+        if self._monitor is not None:
+            try:
+                self._monitor.finish()
+            except Exception:  # noqa: BLE001 - optional instrumentation
+                pass
         try:
-            self.flush()
+            self.flush(final=True)
         finally:
             if exc_type is None:
                 status = "FINISHED"
@@ -212,12 +250,27 @@ class Tracker:
         if self._calls % self.flush_every == 0:
             self.flush()
 
-    def flush(self) -> None:
-        if not self.enabled or not self._buffer:
+    def flush(self, final: bool = False) -> None:
+        """Send the buffered metric values. When the store cannot take them (a server that went
+        away), keep them for the next flush and say so once, so that training goes on and loses
+        nothing; only the last flush (``final``, on exit) raises."""
+        if not self.enabled:
             return
-        for i in range(0, len(self._buffer), 900):
-            self._client.log_batch(self.run_id, metrics=self._buffer[i : i + 900])
-        self._buffer = []
+        try:
+            while self._buffer:
+                self._client.log_batch(self.run_id, metrics=self._buffer[:900])
+                del self._buffer[:900]
+        except Exception as e:  # noqa: BLE001 - any transport or server error
+            if final:
+                raise
+            if not self._warned:
+                print(f"[tracking] cannot reach the MLflow store {self._client.tracking_uri} ({type(e).__name__}); "
+                      f"keeping {len(self._buffer)} metric values to send when it is back", flush=True)
+                self._warned = True
+            return
+        if self._warned:
+            print("[tracking] the MLflow store is back; the held metric values are sent", flush=True)
+            self._warned = False
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         if not self.enabled:
@@ -241,3 +294,24 @@ def newest_finished_run(c, model: str, stage: str, split: str | None = None, wei
         [experiment_id(c)], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=1
     )
     return runs[0] if runs else None
+
+
+def prepared_data_digest(manifest_file: Path) -> str:
+    """The digest that names the prepared data of a run: DVC's hash of ``data/prepared`` from the
+    workspace's dvc.lock when ``manifest_file`` is the one under it and the lock has it, else the
+    manifest file's own (its sha256, first 16 hex digits)."""
+    import hashlib
+
+    import yaml
+
+    manifest_file = Path(manifest_file).resolve()
+    lock = REPO_ROOT / "dvc.lock"
+    if manifest_file.parent == (REPO_ROOT / "data" / "prepared").resolve() and lock.exists():
+        try:
+            stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("prepare", {})
+            for out in stage.get("outs", []):
+                if out.get("path") == "data/prepared" and out.get("md5"):
+                    return str(out["md5"])
+        except yaml.YAMLError:
+            pass
+    return hashlib.sha256(manifest_file.read_bytes()).hexdigest()[:16]

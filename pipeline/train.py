@@ -35,7 +35,7 @@ from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection,
 from pipeline.logged_model import log_and_register
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
-from pipeline.tracking import Tracker, TrackingStoreError
+from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
 
 
 def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
@@ -164,7 +164,9 @@ def run_training(
             resume_run_id = record.get("mlflow_run_id")
     with sigterm_as_interrupt(), \
             Tracker(f"train/{model_name}", tags, enabled=track and dist_info.is_main,
-                    resume_run_id=resume_run_id) as tracker:
+                    resume_run_id=resume_run_id, system_metrics=True) as tracker:
+        tracker.log_dataset(f"{manifest.source}/train", prepared_data_digest(manifest_file),
+                            str(manifest.split("train").ann_file), "train")
         tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
                             "world_size": dist_info.world_size})
         trainer = Trainer(

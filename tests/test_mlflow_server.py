@@ -44,47 +44,59 @@ def post(base: str, endpoint: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on a free loopback port; its URL once /health answers (at most 90 s)."""
-    port = free_port()
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on ``port`` with its SQLite store and artifacts in ``folder``, once its
+    /health answers (at most 90 s)."""
     mlflow = Path(sys.executable).parent / "mlflow"
-    log = open(tmp_path / "server.log", "w")
+    log = open(folder / "server.log", "a")
     proc = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+        [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"mlflow server did not answer in 90 s: {(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, tmp_path / "artifacts"
-    finally:
-        proc.terminate()
+    log.close()
+    deadline = time.time() + 90
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(folder / 'server.log').read_text()[-3000:]}")
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.time() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"mlflow server did not answer in 90 s: {(folder / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A running `mlflow server`: (its URL, its artifact folder)."""
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    try:
+        yield f"http://127.0.0.1:{port}", tmp_path / "artifacts"
+    finally:
+        stop_server(proc)
 
 
 def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_prepared, tmp_path, monkeypatch):
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.delenv("DETLAB_MLFLOW_ARTIFACTS", raising=False)  # the server decides where artifacts go
+    monkeypatch.setenv("DETLAB_SYSTEM_METRICS_INTERVAL", "0.5")  # the tiny training lasts seconds
     params = tiny_params()
     roots = dict(weights_root=tmp_path / "weights", metrics_root=tmp_path / "metrics")
     run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt", **roots)
@@ -116,6 +128,19 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
     assert "minival.json" in files, files
     assert list(artifacts.rglob("minival.json"))  # stored in the server's artifact folder
 
+    # lineage: each run names the data it read, with the prepared data's digest and the split
+    import hashlib
+
+    digest = hashlib.sha256(Path(tiny_prepared).read_bytes()).hexdigest()[:16]  # no dvc.lock here: the manifest's
+    for name, context in ((f"train/{TINY_MODEL}", "train"), (f"evaluate/{TINY_MODEL}/minival", "minival")):
+        run = get(url, "/api/2.0/mlflow/runs/get", run_id=by_name[name]["info"]["run_id"])["run"]
+        inputs = run["inputs"]["dataset_inputs"]
+        assert [i["dataset"]["digest"] for i in inputs] == [digest], name
+        assert {"key": "mlflow.data.context", "value": context} in inputs[0]["tags"], name
+    # system metrics on the training run
+    train_metrics = {m["key"] for m in get(url, "/api/2.0/mlflow/runs/get", run_id=train_id)["run"]["data"]["metrics"]}
+    assert any(k.startswith("system/") for k in train_metrics), sorted(train_metrics)
+
     # the trained model: logged to the train run, registered as version 1 of its name, and a
     # `models:/` URI is enough to predict
     registered = get(url, "/api/2.0/mlflow/registered-models/get", name=TINY_MODEL)["registered_model"]
@@ -141,3 +166,46 @@ def test_an_unreachable_server_fails_the_stage_at_once_naming_it(tiny_prepared, 
                      weights_root=tmp_path / "w", metrics_root=tmp_path / "m")
     assert time.time() - start < 60
     assert not (tmp_path / "w" / f"{TINY_MODEL}.pth").exists()
+
+
+def test_a_server_that_goes_away_mid_training_loses_nothing(tiny_prepared, tmp_path):
+    """The server stops after the first epochs and comes back: the training goes on, holds the
+    metric values it could not send, and the run ends with every step once."""
+    import json as json_mod
+
+    from tests.conftest import REPO
+
+    folder = tmp_path / "server"
+    folder.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(folder, port)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+           "MLFLOW_HTTP_REQUEST_TIMEOUT": "5", "OMP_NUM_THREADS": "1"}
+    env.pop("DETLAB_MLFLOW_ARTIFACTS", None)
+    out = tmp_path / "train"
+    worker = subprocess.Popen([sys.executable, str(REPO / "tests" / "train_worker.py"), "--manifest", str(tiny_prepared),
+                               "--out", str(out), "--epochs", "20"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        latest = out / "ckpt" / TINY_MODEL / "latest.json"
+        deadline = time.time() + 300
+        while time.time() < deadline and worker.poll() is None:
+            if latest.exists() and json_mod.loads(latest.read_text())["epoch"] >= 2:
+                break
+            time.sleep(0.05)
+        assert worker.poll() is None, "training ended before the server could be stopped"
+        stop_server(server)
+        time.sleep(4)  # at least one epoch's flush meets no server
+        server = start_server(folder, port)
+        log, _ = worker.communicate(timeout=600)
+        assert worker.returncode == 0, log[-4000:]
+        assert "keeping" in log and "is back" in log, log[-3000:]
+        run_id = json_mod.loads(latest.read_text())["mlflow_run_id"]
+        history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=run_id, metric_key="train/loss")["metrics"]
+        assert sorted(m["step"] for m in history) == list(range(1, 81))  # 20 epochs x 4 iterations, each once
+        assert get(url, "/api/2.0/mlflow/runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        stop_server(server)
