@@ -63,7 +63,7 @@ from pipeline.evaluation import (
 )
 from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
-from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
+from pipeline.tracking import Tracker, TrackingStoreError, logged_model_id, prepared_data_digest
 from pipeline.train import dataset_description, file_digest
 
 
@@ -230,7 +230,10 @@ def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any]
                      track: bool = True, dataset: tuple[str, str, str, str] | None = None) -> None:
     """One MLflow evaluate run: params, the COCO numbers as ``<task>_<stat>``, the artifacts and
     the data it scored (``dataset``: name, digest, source, context for :meth:`Tracker.log_dataset`)."""
-    with Tracker(run_name, tags, enabled=track) as tracker:
+    links = {"model_id": tags.get("logged_model_id")}
+    if dataset is not None:
+        links.update(dataset_name=dataset[0], dataset_digest=dataset[1])
+    with Tracker(run_name, tags, enabled=track, metric_links=links) as tracker:
         if dataset is not None:
             tracker.log_dataset(*dataset)
         tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
@@ -287,6 +290,7 @@ def evaluate_model(
     weights = weights_file(model_name, weights_root)
     model, state = load_trained_model(weights, device)
     weights_sha = file_digest(weights) if weights.exists() else "unknown"  # tags the MLflow runs
+    model_id = logged_model_id(model_name, weights_sha) if track and weights.exists() else None
     cfg = state["config"]
     cat_ids = state["cat_ids"]
     manifest = load_manifest(manifest_file)
@@ -368,6 +372,8 @@ def evaluate_model(
             "scored": str(metrics["scored"]).lower(),
             "weights_sha256": weights_sha,
         }
+        if model_id:
+            tags["logged_model_id"] = model_id
         for name, value in variants:
             tags[variant_switch(name)] = str(not value).lower()
         artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]

@@ -34,9 +34,11 @@ def is_model_uri(text: str) -> bool:
     return str(text).startswith(MODEL_URI_PREFIXES)
 
 
-def log_and_register(run_id: str, model: torch.nn.Module, state: dict[str, Any], registered_name: str) -> str:
+def log_and_register(run_id: str, model: torch.nn.Module, state: dict[str, Any],
+                     registered_name: str) -> tuple[str, str]:
     """Log ``model`` (a copy, on the CPU, in eval mode) to MLflow run ``run_id`` and register it
-    as a new version of ``registered_name``; returns the ``models:/<name>/<version>`` URI."""
+    as a new version of ``registered_name``; returns (the ``models:/<name>/<version>`` URI, the
+    logged model's id, which evaluate runs link their metrics to)."""
     import mlflow
     import mlflow.pytorch
     import torchvision
@@ -55,7 +57,8 @@ def log_and_register(run_id: str, model: torch.nn.Module, state: dict[str, Any],
             pip_requirements=[f"torch=={torch.__version__}", f"torchvision=={torchvision.__version__}"],
         )
     version = info.registered_model_version
-    return f"models:/{registered_name}/{version}" if version is not None else info.model_uri
+    uri = f"models:/{registered_name}/{version}" if version is not None else info.model_uri
+    return uri, info.model_id
 
 
 def load_logged_model(uri: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -112,6 +112,11 @@ def experiment_id(c) -> str:
 class Tracker:
     """A run in the MLflow store, used as a context manager.
 
+    ``metric_links`` (``model_id``, ``dataset_name``, ``dataset_digest``) are attached to every
+    metric value: an evaluate run's numbers then belong to the logged model they scored and the
+    data they were measured on. Under ``dvc exp run`` (``DVC_EXP_NAME`` set) the run is the child
+    of the experiment's parent run (:func:`experiment_parent_run`).
+
     Metrics logged with :meth:`log_metrics` are buffered and written in batches (every
     ``flush_every`` calls and on exit), so per-iteration losses cost little. On an
     exception the run ends FAILED (KILLED on Ctrl-C or SIGTERM) and what was logged is kept.
@@ -130,7 +135,9 @@ class Tracker:
         flush_every: int = 50,
         resume_run_id: str | None = None,
         system_metrics: bool = False,
+        metric_links: dict[str, str | None] | None = None,
     ) -> None:
+        self.metric_links = {k: v for k, v in (metric_links or {}).items() if v}
         self.resume_run_id = resume_run_id
         self.system_metrics = system_metrics
         self._monitor = None
@@ -157,6 +164,8 @@ class Tracker:
             if os.environ.get(env):  # set by `dvc exp run` (also --queue / --temp, in their copy)
                 tags.setdefault(tag, os.environ[env])
         tags["mlflow.runName"] = self.run_name
+        if os.environ.get("DVC_EXP_NAME"):  # the stage runs of one DVC experiment under one parent run
+            tags.setdefault("mlflow.parentRunId", experiment_parent_run(self._client, exp, os.environ["DVC_EXP_NAME"]))
         if not (self.resume_run_id and self._continue(self.resume_run_id, exp)):
             run = self._client.create_run(exp, tags=tags, run_name=self.run_name)
             self.run_id = run.info.run_id
@@ -244,7 +253,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, int(step)) for k, v in metrics.items()
+        self._buffer.extend(Metric(k, float(v), ts, int(step), **self.metric_links) for k, v in metrics.items()
                             if int(step) > self._logged_through.get(k, -1))  # not twice after a resume
         self._calls += 1
         if self._calls % self.flush_every == 0:
@@ -280,6 +289,27 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         if self.enabled:
             self._client.set_tag(self.run_id, key, value)
+
+
+def experiment_parent_run(c, experiment: str, dvc_experiment: str) -> str:
+    """The id of the run that groups the stage runs of DVC experiment ``dvc_experiment``
+    (``exp/<name>``, tag ``dvc_experiment_parent``), created FINISHED on first use."""
+    flt = f"tags.dvc_experiment_parent = '{dvc_experiment}'"
+    found = c.search_runs([experiment], filter_string=flt, max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = c.create_run(experiment, run_name=f"exp/{dvc_experiment}",
+                       tags={"dvc_experiment_parent": dvc_experiment, "dvc_experiment": dvc_experiment,
+                             "git_commit": git_commit()})
+    c.set_terminated(run.info.run_id, status="FINISHED")
+    return run.info.run_id
+
+
+def logged_model_id(model: str, weights_sha256: str) -> str | None:
+    """The id of the logged model of the training that wrote these weights (its train run's tag
+    ``logged_model_id``), or None when the store has no such run."""
+    run = newest_finished_run(client(), model, "train", weights_sha256=weights_sha256)
+    return run.data.tags.get("logged_model_id") if run is not None else None
 
 
 def newest_finished_run(c, model: str, stage: str, split: str | None = None, weights_sha256: str | None = None):

@@ -210,7 +210,9 @@ def run_training(
             atomic_torch_save(final, weights_file(model_name, weights_root))
             tracker.set_tag("weights_sha256", file_digest(weights_file(model_name, weights_root)))
             if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <model_name>
-                tracker.set_tag("registered_model", log_and_register(tracker.run_id, model, final, model_name))
+                uri, model_id = log_and_register(tracker.run_id, model, final, model_name)
+                tracker.set_tag("registered_model", uri)
+                tracker.set_tag("logged_model_id", model_id)
             out_dir = Path(metrics_root) / model_name
             write_json(metrics, out_dir / "train.json")
             write_history_csv(result.history, out_dir / "train_curve.csv")

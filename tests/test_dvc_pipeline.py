@@ -73,13 +73,27 @@ def ran(log: str) -> list[str]:
     return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
 
 
-def mlflow_runs(repo: Path) -> list[tuple[str, str, str | None]]:
-    """(run name, status, dvc_experiment tag) of every run in the copy's store."""
+def mlflow_runs(repo: Path, parents: bool = False) -> list[tuple[str, str, str | None]]:
+    """(run name, status, dvc_experiment tag) of every stage run in the copy's store, in the
+    order they were made (``parents``: the runs that group a DVC experiment's stage runs instead)."""
     con = sqlite3.connect(repo / "mlflow.db")
     try:
-        return con.execute(
+        rows = con.execute(
             "select r.name, r.status, (select value from tags t where t.run_uuid = r.run_uuid "
-            "and t.key = 'dvc_experiment') from runs r").fetchall()
+            "and t.key = 'dvc_experiment'), (select count(*) from tags t where t.run_uuid = r.run_uuid "
+            "and t.key = 'dvc_experiment_parent') from runs r order by r.start_time, r.rowid").fetchall()
+    finally:
+        con.close()
+    return [row[:3] for row in rows if bool(row[3]) == parents]
+
+
+def parent_of_runs(repo: Path) -> dict[str, str]:
+    """dvc_experiment tag -> the names of the parents of its stage runs."""
+    con = sqlite3.connect(repo / "mlflow.db")
+    try:
+        return dict(con.execute(
+            "select e.value, p.name from tags e join tags pt on pt.run_uuid = e.run_uuid and pt.key = 'mlflow.parentRunId' "
+            "join runs p on p.run_uuid = pt.value where e.key = 'dvc_experiment'").fetchall())
     finally:
         con.close()
 
@@ -271,6 +285,9 @@ def test_queued_and_temporary_experiments_record_in_the_workspace_store(workspac
     new = runs[before:]
     assert len(new) == 6 and {r[1] for r in new} == {"FINISHED"}  # train + 2 evaluate runs each
     assert sorted({r[2] for r in new}) == sorted(names)
+    # each experiment's stage runs are the children of one parent run named after it
+    assert sorted(r[0] for r in mlflow_runs(repo, parents=True)) == sorted(f"exp/{n}" for n in names)
+    assert all(parent_of_runs(repo)[n] == f"exp/{n}" for n in names)
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))  # no store left in a copy
 
     log = out([*DVC, "exp", "run", "--temp", "-S", f"{lr}=0.013"], repo)

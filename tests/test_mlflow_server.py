@@ -137,6 +137,12 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
         inputs = run["inputs"]["dataset_inputs"]
         assert [i["dataset"]["digest"] for i in inputs] == [digest], name
         assert {"key": "mlflow.data.context", "value": context} in inputs[0]["tags"], name
+    # the evaluate run's metrics belong to the logged model it scored
+    model_id = train_tags["logged_model_id"]
+    assert tags["logged_model_id"] == model_id
+    logged = get(url, f"/api/2.0/mlflow/logged-models/{model_id}")["model"]
+    linked = {m["key"] for m in logged["data"].get("metrics", []) if m.get("run_id") == eval_id}
+    assert {"bbox_AP", "bbox_AP50"} <= linked, logged["data"].get("metrics", [])[:3]
     # system metrics on the training run
     train_metrics = {m["key"] for m in get(url, "/api/2.0/mlflow/runs/get", run_id=train_id)["run"]["data"]["metrics"]}
     assert any(k.startswith("system/") for k in train_metrics), sorted(train_metrics)
