@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.paths import REPO_ROOT, mlflow_artifact_root, mlflow_tracking_uri
+from pipeline.paths import REPO_ROOT, mlflow_artifact_root, mlflow_tracking_uri, workspace_root
 
 EXPERIMENT_NAME = "detlab"
 
@@ -88,7 +88,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError) as e:
         raise TrackingStoreError(
             f"MLflow tracking server {uri} is unreachable ({getattr(e, 'reason', e)}); start it, or set "
-            f"MLFLOW_TRACKING_URI to a server that runs (unset it for the local store {REPO_ROOT}/mlflow.db)"
+            f"MLFLOW_TRACKING_URI to a server that runs (unset it for the local store {workspace_root() / 'mlflow.db'})"
         ) from e
     _REACHABLE.add(uri)
 

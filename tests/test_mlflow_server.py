@@ -180,6 +180,7 @@ def test_a_server_that_goes_away_mid_training_loses_nothing(tiny_prepared, tmp_p
     import json as json_mod
 
     from tests.conftest import REPO
+    from tests.test_train_kill import wait_for_epoch
 
     folder = tmp_path / "server"
     folder.mkdir()
@@ -195,11 +196,7 @@ def test_a_server_that_goes_away_mid_training_loses_nothing(tiny_prepared, tmp_p
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         latest = out / "ckpt" / TINY_MODEL / "latest.json"
-        deadline = time.time() + 300
-        while time.time() < deadline and worker.poll() is None:
-            if latest.exists() and json_mod.loads(latest.read_text())["epoch"] >= 2:
-                break
-            time.sleep(0.05)
+        wait_for_epoch(worker, latest, 2)
         assert worker.poll() is None, "training ended before the server could be stopped"
         stop_server(server)
         time.sleep(4)  # at least one epoch's flush meets no server

@@ -24,6 +24,15 @@ def start(manifest: Path, out: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_epoch(proc: subprocess.Popen, latest: Path, epoch: int, timeout: float = 300) -> None:
+    """Until the training in ``proc`` has checkpointed ``epoch`` (its ``latest.json``) or ended."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["epoch"] >= epoch:
+            return
+        time.sleep(0.02)
+
+
 def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_mlflow_store):
     full = subprocess.run([sys.executable, WORKER, "--manifest", str(tiny_prepared), "--out", str(tmp_path / "full")],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -32,11 +41,7 @@ def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_m
     out = tmp_path / "killed"
     latest = out / "ckpt" / TINY_MODEL / "latest.json"
     proc = start(tiny_prepared, out)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
+    wait_for_epoch(proc, latest, 1)
     assert proc.poll() is None, "training finished before it could be killed: " + proc.stderr.read()[-2000:]
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -97,11 +102,7 @@ def test_sigterm_marks_the_run_killed_and_the_resume_continues_it(tiny_prepared,
     out = tmp_path / "stopped"
     latest = out / "ckpt" / TINY_MODEL / "latest.json"
     proc = start(tiny_prepared, out)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
+    wait_for_epoch(proc, latest, 1)
     assert proc.poll() is None, "training finished before it could be stopped: " + proc.stderr.read()[-2000:]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
