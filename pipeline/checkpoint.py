@@ -63,6 +63,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, first 16 hex digits (names a manifest or a weights file)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def config_fingerprint(cfg: dict[str, Any]) -> str:
     """A stable hash of a JSON-serialisable configuration (resume only under the same one)."""
     blob = json.dumps(cfg, sort_keys=True, default=str).encode()

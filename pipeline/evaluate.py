@@ -64,7 +64,8 @@ from pipeline.evaluation import (
 from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, logged_model_id, prepared_data_digest
-from pipeline.train import dataset_description, file_digest
+from pipeline.checkpoint import file_digest
+from pipeline.train import dataset_description
 
 
 #: what a weights file written by the train stage holds

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.checkpoint import file_digest
 from pipeline.paths import REPO_ROOT, mlflow_artifact_root, mlflow_tracking_uri, workspace_root
 
 EXPERIMENT_NAME = "detlab"
@@ -330,8 +331,6 @@ def prepared_data_digest(manifest_file: Path) -> str:
     """The digest that names the prepared data of a run: DVC's hash of ``data/prepared`` from the
     workspace's dvc.lock when ``manifest_file`` is the one under it and the lock has it, else the
     manifest file's own (its sha256, first 16 hex digits)."""
-    import hashlib
-
     import yaml
 
     manifest_file = Path(manifest_file).resolve()
@@ -344,4 +343,4 @@ def prepared_data_digest(manifest_file: Path) -> str:
                     return str(out["md5"])
         except yaml.YAMLError:
             pass
-    return hashlib.sha256(manifest_file.read_bytes()).hexdigest()[:16]
+    return file_digest(manifest_file)

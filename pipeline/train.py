@@ -16,7 +16,6 @@ it trains with several processes as well, which the tests use.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from pipeline import distributed
-from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint
+from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint, file_digest
 from pipeline.config import load_params, resolve_model_config
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.logged_model import log_and_register
@@ -81,10 +80,6 @@ def dataset_description(manifest, split: str, num_images: int) -> str:
 
 def category_names(dataset) -> list[str]:
     return [c["name"] for c in dataset.coco.loadCats(list(dataset.cat_ids))]
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def run_training(
@@ -207,8 +202,9 @@ def run_training(
                 "iteration": result.iterations,
                 "fingerprint": fingerprint,
             }
-            atomic_torch_save(final, weights_file(model_name, weights_root))
-            tracker.set_tag("weights_sha256", file_digest(weights_file(model_name, weights_root)))
+            weights = weights_file(model_name, weights_root)
+            atomic_torch_save(final, weights)
+            tracker.set_tag("weights_sha256", file_digest(weights))
             if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <model_name>
                 uri, model_id = log_and_register(tracker.run_id, model, final, model_name)
                 tracker.set_tag("registered_model", uri)

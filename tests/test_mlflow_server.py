@@ -129,9 +129,9 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
     assert list(artifacts.rglob("minival.json"))  # stored in the server's artifact folder
 
     # lineage: each run names the data it read, with the prepared data's digest and the split
-    import hashlib
+    from pipeline.checkpoint import file_digest
 
-    digest = hashlib.sha256(Path(tiny_prepared).read_bytes()).hexdigest()[:16]  # no dvc.lock here: the manifest's
+    digest = file_digest(tiny_prepared)  # no dvc.lock here: the manifest's
     for name, context in ((f"train/{TINY_MODEL}", "train"), (f"evaluate/{TINY_MODEL}/minival", "minival")):
         run = get(url, "/api/2.0/mlflow/runs/get", run_id=by_name[name]["info"]["run_id"])["run"]
         inputs = run["inputs"]["dataset_inputs"]
