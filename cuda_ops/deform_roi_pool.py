@@ -7,14 +7,14 @@ Three implementations of one function:
 - :func:`deform_roi_pool_reference`, pure PyTorch (CPU or GPU), the documented ground truth;
 - :func:`deform_roi_pool_sampled`, the same sample positions through ``F.grid_sample``
   (equal to the reference up to rounding; see its docstring for the one measure-zero
-  gradient difference, and for why it is dispatched although it is slower on CPU);
+  gradient difference); kept as a second implementation to test and time against;
 - the CUDA kernel (``csrc/deform_roi_pool_cuda.cu``, built on first use by
   :mod:`cuda_ops._extension`), wrapped in an autograd Function and tested against the
   reference.
 
 :func:`deform_roi_pool` (and :class:`DeformRoIPool`) dispatch: the kernel when the features
 are on a CUDA device and the extension loads (``DETLAB_DISABLE_CUDA_OPS=1`` disables it),
-else the ``grid_sample`` path. The kernel computes in float32 or float64; float16/bfloat16
+else the reference (the faster of the two PyTorch forms on CPU, as measured). The kernel computes in float32 or float64; float16/bfloat16
 features are pooled in float32 and the result cast back. The kernel path is differentiable
 once (no double backward); the reference's is as differentiable as autograd makes it.
 
@@ -90,8 +90,9 @@ def deform_roi_pool(
     """Deformable RoI pooling (mmdet v1 ``deform_psroi_pooling``, ``group_size=1``).
 
     Runs the CUDA kernel when ``features`` is on a CUDA device and the extension loads (not
-    with ``DETLAB_DISABLE_CUDA_OPS=1``), else :func:`deform_roi_pool_sampled` (the
-    ``grid_sample`` form); arguments,
+    with ``DETLAB_DISABLE_CUDA_OPS=1``), else :func:`deform_roi_pool_reference` (the
+    ``embedding_bag`` form: on CPU 1.7x faster than the ``grid_sample`` form at the D2Det CPU
+    scale and 5.5x at 256 channels, ``benchmarks/README.md``); arguments,
     result and gradients are those of the reference (see there), equal up to floating-point
     rounding. On the kernel path ``rois`` and ``offsets`` are moved to the features' device.
     """
@@ -101,8 +102,8 @@ def deform_roi_pool(
         if ext is not None:
             return _deform_roi_pool_cuda(ext, features, rois, offsets, spatial_scale,
                                          output_size, part_size, sample_per_part, trans_std)
-    return deform_roi_pool_sampled(features, rois, offsets, spatial_scale, output_size,
-                                   part_size, sample_per_part, trans_std)
+    return deform_roi_pool_reference(features, rois, offsets, spatial_scale, output_size,
+                                     part_size, sample_per_part, trans_std)
 
 
 def _sample_coordinates(features: Tensor, rois: Tensor, offsets: Tensor | None, spatial_scale: float,
@@ -226,16 +227,11 @@ def deform_roi_pool_sampled(
     sample_per_part: int,
     trans_std: float,
 ) -> Tensor:
-    """The same pooling through ``F.grid_sample`` (one call per image), the path the
-    dispatcher takes where no CUDA kernel is available.
+    """The same pooling through ``F.grid_sample`` (one call per image); not dispatched.
 
-    Measured on 2 CPU cores with nothing else running (``benchmarks/README.md``), this path is
-    **slower** than :func:`deform_roi_pool_reference`: 1.7x at the D2Det CPU scale (64
-    channels, 600 RoIs, 1 sample per bin side) and 5.5x at 256 channels. It was made the
-    dispatched path on a measurement taken while a compiler ran on the same machine. The
-    committed CPU-scale D2Det results were trained through it, and switching changes the
-    floating-point rounding of training, so the dispatcher returns to the reference together
-    with the next retraining of those results.
+    The dispatcher uses :func:`deform_roi_pool_reference` where no kernel runs: measured on 2 idle
+    cores (``benchmarks/README.md``), this path is 1.7x slower there at the D2Det CPU scale
+    (64 channels, 600 RoIs, 1 sample per bin side) and 5.5x at 256 channels.
 
     Same sample positions (:func:`_sample_coordinates`), validity and mean as the reference;
     ``grid_sample(align_corners=True, padding_mode="border")`` clamps to ``[0, W-1] x [0,
