@@ -41,6 +41,7 @@ def tiny_params() -> dict:
                        "keep_checkpoints": 2}
     params["evaluate"] = {"splits": ["minival", "test-dev"], "max_dets": 100, "batch_size": 4}
     params["ablations"] = {}  # the ablation stages run nothing (the report stage needs the key)
+    params["pretrain"].update({"epochs": 1, "batch_size": 16, "warmup_iters": 1})
     params["models"] = {
         TINY_MODEL: {
             "preset": "faster_rcnn_r50_fpn_1x",

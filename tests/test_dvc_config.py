@@ -71,7 +71,8 @@ def test_shared_and_pipeline_files_invalidate_what_uses_them(stages):
     all_runs = {n for n in stages if n.split("@")[0] in ("train", "evaluate", "train_ablation", "evaluate_ablation")}
     trains = {n for n in all_runs if n.startswith("train")}
     evals = all_runs - trains
-    assert invalidated_by(stages, "models/common/backbones/freezing.py") == all_runs | {"report"}
+    assert invalidated_by(stages, "models/common/backbones/freezing.py") == all_runs | {"report", "pretrain"}
+    assert invalidated_by(stages, "pipeline/pretrain.py") == {"pretrain"}
     assert invalidated_by(stages, "pipeline/figures.py") == evals | {"report"}  # no retraining for a plot change
     assert invalidated_by(stages, "pipeline/visualize.py") == {"report"}
     assert invalidated_by(stages, "pipeline/tracking.py") == set()  # where runs are recorded changes no result
@@ -87,6 +88,26 @@ def test_settings_that_cannot_change_a_result_are_no_dependency(stages):
             run = name.split("@")[1]
             assert not any(k.startswith(("models.", "ablations.")) and not k.endswith(f".{run}") for k in keys), \
                 (name, keys)  # a run depends on its own entry only
+
+
+def test_every_cpu_run_starts_from_the_pretrain_stage_output(stages):
+    """Every CPU entry's backbone starts from the pretrain stage's output, which every train
+    stage depends on, and the pretrained architecture is the one the entry builds."""
+    from pipeline.config import resolve_model_config
+
+    params = load_params(REPO / "params.yaml")
+    out = params["pretrain"]["init"]["pretrained"]
+    assert [o.def_path for o in stages["pretrain"].outs if o.use_cache][0] == out
+    arch = ("depth", "base_channels", "groups", "width_per_group", "norm")
+    cpu_runs = [n for n in run_entries(params) if resolve_model_config(params, n)["scale"] == "cpu"]
+    assert cpu_runs
+    for name in cpu_runs:
+        backbone = resolve_model_config(params, name)["model"]["backbone"]
+        assert backbone["pretrained"] == out, name
+        assert {k: backbone[k] for k in arch} == {k: params["pretrain"]["backbone"][k] for k in arch}, name
+    for name, stage in stages.items():
+        if name.startswith("train"):
+            assert out in dep_paths(stage), name
 
 
 def test_evaluate_depends_on_the_final_weights_and_the_report_on_no_epoch_state(stages):

@@ -221,6 +221,12 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
             ignore_boxes=np.asarray(ignore, np.float32).reshape(-1, 4),
         )
 
+    def annotated_boxes(self, idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ``idx``'s annotations in original pixels, before any transform: (boxes float32
+        [N, 4] xyxy, labels int64 [N] in 0..C-1, crowd boxes float32 [M, 4])."""
+        t = self._targets[idx]
+        return t.boxes, t.labels, t.ignore_boxes
+
     def load_image(self, idx: int) -> np.ndarray:
         """Decode image ``idx`` as uint8 [H0, W0, 3] RGB (grayscale, RGBA and palette images are converted)."""
         image_id = self.ids[idx]
