@@ -55,7 +55,7 @@ class WarmupStepSchedule:
     ``factor(it) = gamma ** #{s in steps : it >= s} * w(it)`` where the warmup term is
     ``w(it) = ratio + (1 - ratio) * it / warmup_iters`` for ``it < warmup_iters`` and 1
     afterwards (mmdetection's linear warmup). Steps are given in epochs (fractions
-    allowed) and converted to iterations with ``iters_per_epoch``.
+    allowed) and converted to iterations with ``iters_per_epoch`` (1: steps in iterations).
     """
 
     def __init__(
@@ -134,6 +134,9 @@ class Trainer:
         schedule: preset ``schedule`` section (lr, momentum, weight_decay, warmup_iters,
             warmup_ratio, lr_steps (epochs), gamma, grad_clip, epochs, and ``sync_bn``: under
             DDP, every BatchNorm becomes a SyncBatchNorm, see :func:`convert_sync_batchnorm`).
+            An iteration-based schedule (mmdetection's ``IterBasedRunner``) sets ``max_iters``:
+            training stops after that many iterations, ``epochs`` becomes the number of
+            (partial) passes they take, and ``lr_steps`` are read in iterations.
         checkpoints: where epoch checkpoints go.
         fingerprint: hash of everything that defines the run; resume only when equal.
         device: torch device of this rank.
@@ -178,11 +181,19 @@ class Trainer:
         self.batch_sampler = batch_sampler
         self.collate_fn = collate_fn
         self.schedule = schedule
-        self.epochs = int(schedule["epochs"])
         self.iters_per_epoch = len(batch_sampler)
         if self.iters_per_epoch == 0:
             raise RuntimeError("the training set yields no batch: is the train split empty?")
-        self.max_iters = self.epochs * self.iters_per_epoch
+        if schedule.get("max_iters") is not None:
+            self.max_iters = int(schedule["max_iters"])
+            if self.max_iters <= 0:
+                raise ValueError(f"schedule.max_iters must be positive, got {schedule['max_iters']}")
+            self.epochs = -(-self.max_iters // self.iters_per_epoch)
+            step_unit = 1  # lr_steps in iterations
+        else:
+            self.epochs = int(schedule["epochs"])
+            self.max_iters = self.epochs * self.iters_per_epoch
+            step_unit = self.iters_per_epoch
         self.checkpoints = checkpoints
         self.fingerprint = fingerprint
         self.amp = bool(amp) and device.type == "cuda"
@@ -199,7 +210,7 @@ class Trainer:
             weight_decay=float(schedule.get("weight_decay", 1e-4)),
         )
         self.lr_factor = WarmupStepSchedule(
-            self.iters_per_epoch,
+            step_unit,
             list(schedule.get("lr_steps", [])),
             float(schedule.get("gamma", 0.1)),
             int(schedule.get("warmup_iters", 0)),
@@ -342,6 +353,8 @@ class Trainer:
                     if is_main and not sys.stderr.isatty():
                         items = " ".join(f"{k}={v}" for k, v in shown.items())
                         print(f"[train] epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.max_iters} {items}", flush=True)
+                if self.iteration >= self.max_iters:  # an iteration-based schedule ends mid-epoch
+                    break
             now = time.time()
             self.train_seconds += now - epoch_start
             epoch_start = now

@@ -50,3 +50,21 @@ def test_checkpoints_of_another_configuration_are_set_aside(tiny_prepared, tmp_p
     prev = tmp_path / "ckpt" / TINY_MODEL / "previous"
     assert (prev / "epoch_0001.pth").exists() and "configuration changed" in (prev / "REASON.txt").read_text()
     assert (tmp_path / "ckpt" / TINY_MODEL / "epoch_0001.pth").exists()
+
+
+def test_an_iteration_based_schedule_stops_mid_epoch_with_steps_in_iterations(tiny_prepared, tmp_path):
+    """``max_iters`` (mmdetection's IterBasedRunner): 16 images at 4 per batch are 4 iterations
+    per epoch; 6 iterations end in the middle of the second pass, the lr step at 5 is an iteration."""
+    import csv
+
+    params = tiny_params()
+    params["models"][TINY_MODEL]["overrides"]["schedule"].update(
+        {"max_iters": 6, "lr_steps": [5], "warmup_iters": 0, "lr": 0.01})
+    metrics, _ = run_training(TINY_MODEL, params, manifest_file=tiny_prepared, checkpoint_root=tmp_path / "ckpt",
+                              weights_root=tmp_path / "w", metrics_root=tmp_path / "metrics", track=False)
+    assert metrics["iterations"] == 6 and metrics["epochs"] == 2
+    rows = list(csv.DictReader((tmp_path / "metrics" / TINY_MODEL / "train_curve.csv").open()))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 1, 2, 2]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.01] * 5 + [0.001])
+    assert (tmp_path / "ckpt" / TINY_MODEL / "epoch_0002.pth").exists()
