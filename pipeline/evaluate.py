@@ -17,8 +17,8 @@ the same on an identical re-run: no timings or host facts, which go to MLflow), 
 precision-recall curves per IoU threshold (``metrics/<model>/pr/<split>_<task>.csv``, which
 the report overlays across models for ``dvc plots``; ``results/<model>/pr_<split>_<task>.png``)
 and an MLflow run tagged
-``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task and the curves as
-artifacts.
+``stage=evaluate``, ``split=<split>`` with the 12 COCO numbers per task as ``<split>/<task>_<stat>``
+(``minival/bbox_AP``, ...; :func:`metric_key`) and the curves as artifacts.
 
 Models whose ``bbox_head`` has a ``corner_snapping`` switch (RepPoints V2's joint inference:
 refined boxes snapped to the predicted corners, or plain V1-style decoding) are scored on
@@ -202,6 +202,20 @@ def variant_split(split_name: str, variant: str) -> str:
     return f"{split_name}/{variant}"
 
 
+def data_split(split_tag: str) -> str:
+    """The split of the data an evaluate run scored, from its ``split`` tag: ``minival`` for
+    ``minival`` and for a variant's ``minival/corner_snapping_off`` (:func:`variant_split`)."""
+    return split_tag.split("/", 1)[0]
+
+
+def metric_key(split_tag: str, name: str) -> str:
+    """The MLflow key of a number of an evaluate run: ``<split>/<name>``, e.g. ``minival/bbox_AP``,
+    ``test-dev/segm_AP50``, ``minival/num_detections``, ``minival/seconds_per_image``. The split
+    is the data's (:func:`data_split`): a variant's run uses the same keys as the default's, and
+    every model's evaluate runs share them, so `mlflow ui`'s compare view lines them up."""
+    return f"{data_split(split_tag)}/{name}"
+
+
 @contextmanager
 def attribute_set(obj: Any, name: str, value: Any):
     """Set ``obj.name = value`` for the duration of the block, then restore it."""
@@ -229,8 +243,10 @@ def score_records(gt, records: dict[str, list[dict[str, Any]]], image_ids: list[
 def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any], cfg: dict[str, Any],
                      state: dict[str, Any], metrics: dict[str, Any], sec_per_img: float, artifacts: list[Path],
                      track: bool = True, dataset: tuple[str, str, str, str] | None = None) -> None:
-    """One MLflow evaluate run: params, the COCO numbers as ``<task>_<stat>``, the artifacts and
-    the data it scored (``dataset``: name, digest, source, context for :meth:`Tracker.log_dataset`)."""
+    """One MLflow evaluate run: params, the COCO numbers as ``<split>/<task>_<stat>`` (with
+    ``<split>/num_detections`` and ``<split>/seconds_per_image``; :func:`metric_key` of the
+    ``split`` tag), the artifacts and the data it scored (``dataset``: name, digest, source,
+    context for :meth:`Tracker.log_dataset`)."""
     links = {"model_id": tags.get("logged_model_id")}
     if dataset is not None:
         links.update(dataset_name=dataset[0], dataset_digest=dataset[1])
@@ -238,12 +254,13 @@ def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any]
         if dataset is not None:
             tracker.log_dataset(*dataset)
         tracker.log_params({"evaluate": ev_cfg, "config": cfg, "checkpoint_iteration": state.get("iteration")})
+        split = tags["split"]
         flat = {}
         for iou_type in ("bbox", "segm"):
             for k, v in metrics.get(iou_type, {}).items():
-                flat[f"{iou_type}_{k}"] = v
-        flat["num_detections"] = metrics["num_detections"]
-        flat["seconds_per_image"] = sec_per_img
+                flat[metric_key(split, f"{iou_type}_{k}")] = v
+        flat[metric_key(split, "num_detections")] = metrics["num_detections"]
+        flat[metric_key(split, "seconds_per_image")] = sec_per_img
         tracker.log_metrics(flat, step=int(state.get("iteration") or 0))
         tracker.flush()
         for f in artifacts:

@@ -19,6 +19,7 @@ load only models from a store you trust.
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -45,10 +46,15 @@ def log_and_register(run_id: str, model: torch.nn.Module, state: dict[str, Any],
 
     from pipeline.paths import mlflow_tracking_uri
 
-    mlflow.set_tracking_uri(mlflow_tracking_uri())
     module = copy.deepcopy(model).cpu().eval()
     metadata = {k: state[k] for k in METADATA_KEYS}
-    with mlflow.start_run(run_id=run_id):
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:  # inside its Tracker: the run is active
+        run = nullcontext()
+    else:
+        mlflow.set_tracking_uri(mlflow_tracking_uri())
+        run = mlflow.start_run(run_id=run_id)
+    with run:
         info = mlflow.pytorch.log_model(
             module, name="model", registered_model_name=registered_name, metadata=metadata,
             # "pt2" (torch.export) cannot trace a detector's data-dependent control flow

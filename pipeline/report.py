@@ -37,7 +37,7 @@ from typing import Any
 from pipeline.checkpoint import atomic_write_text, file_digest
 from pipeline.config import load_params, resolve_model_config, run_entries
 from pipeline.engine import write_json
-from pipeline.evaluate import SNAPPING_SWITCHES, pr_curve_file, variant_split, variant_switch
+from pipeline.evaluate import SNAPPING_SWITCHES, metric_key, pr_curve_file, variant_split, variant_switch
 from pipeline.evaluation import STAT_NAMES
 from pipeline.figures import plot_pr_curves, plot_training_curves, read_curves_csv
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, README_FILE, REPORTS_DIR, WEIGHTS_DIR, weights_file
@@ -62,18 +62,21 @@ def fmt(v: float | None) -> str:
 
 def checked_stats(run, file_metrics: dict[str, Any], path: Path, model_name: str, split: str,
                   where: str = "") -> dict[str, dict[str, float]]:
-    """The run's COCO numbers for each task in ``file_metrics`` (``bbox``/``segm``), each checked
-    against the metrics file ``path`` (``where``: the key path inside it, e.g.
-    ``variants.corner_snapping_off.``); a difference beyond :data:`TOLERANCE` raises :class:`ReportError`."""
+    """The run's COCO numbers for each task in ``file_metrics`` (``bbox``/``segm``), read from its
+    metrics ``<split>/<task>_<stat>`` (:func:`pipeline.evaluate.metric_key` of the run's ``split``
+    tag, so ``minival/bbox_AP`` for a variant's run too), each checked against the metrics file
+    ``path`` (``where``: the key path inside it, e.g. ``variants.corner_snapping_off.``); a
+    difference beyond :data:`TOLERANCE` raises :class:`ReportError`."""
     out = {}
     for iou_type in ("bbox", "segm"):
         if iou_type not in file_metrics:
             continue
         ours = {}
         for name in STAT_NAMES:
-            key = f"{iou_type}_{name}"
+            key = metric_key(split, f"{iou_type}_{name}")
             if key not in run.data.metrics:
-                raise ReportError(f"MLflow run {run.info.run_id} ({model_name}/{split}) lacks metric {key}")
+                raise ReportError(f"MLflow run {run.info.run_id} ({model_name}/{split}) lacks metric {key}; "
+                                  f"re-run `dvc repro -f evaluate@{model_name}`")
             mv = run.data.metrics[key]
             fv = file_metrics[iou_type][name]
             if abs(mv - fv) > TOLERANCE:

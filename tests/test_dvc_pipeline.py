@@ -73,18 +73,36 @@ def ran(log: str) -> list[str]:
     return [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")]
 
 
-def mlflow_runs(repo: Path, parents: bool = False) -> list[tuple[str, str, str | None]]:
+def mlflow_runs(repo: Path, parents: str | None = None) -> list[tuple[str, str, str | None]]:
     """(run name, status, dvc_experiment tag) of every stage run in the copy's store, in the
-    order they were made (``parents``: the runs that group a DVC experiment's stage runs instead)."""
+    order they were made (``parents``: instead the runs that group the stage runs of a DVC
+    experiment, ``"exp"``, or of one `dvc repro`, ``"repro"``)."""
     con = sqlite3.connect(repo / "mlflow.db")
     try:
         rows = con.execute(
             "select r.name, r.status, (select value from tags t where t.run_uuid = r.run_uuid "
             "and t.key = 'dvc_experiment'), (select count(*) from tags t where t.run_uuid = r.run_uuid "
-            "and t.key = 'dvc_experiment_parent') from runs r order by r.start_time, r.rowid").fetchall()
+            "and t.key = 'dvc_experiment_parent'), (select count(*) from tags t where t.run_uuid = r.run_uuid "
+            "and t.key = 'detlab.dvc_invocation') from runs r where r.lifecycle_stage = 'active' "
+            "order by r.start_time, r.rowid").fetchall()
     finally:
         con.close()
-    return [row[:3] for row in rows if bool(row[3]) == parents]
+    return [row[:3] for row in rows if ("exp" if row[3] else "repro" if row[4] else None) == parents]
+
+
+def parent_names(repo: Path) -> dict[str, set[str]]:
+    """Stage run name -> the names of the parents of its runs."""
+    con = sqlite3.connect(repo / "mlflow.db")
+    try:
+        rows = con.execute(
+            "select r.name, p.name from runs r join tags pt on pt.run_uuid = r.run_uuid "
+            "and pt.key = 'mlflow.parentRunId' join runs p on p.run_uuid = pt.value").fetchall()
+    finally:
+        con.close()
+    out: dict[str, set[str]] = {}
+    for child, parent in rows:
+        out.setdefault(child, set()).add(parent)
+    return out
 
 
 def parent_of_runs(repo: Path) -> dict[str, str]:
@@ -116,7 +134,7 @@ def workspace(tmp_path_factory) -> tuple[Path, str]:
 
 def test_repro_runs_every_stage_and_caches_what_it_shares(workspace):
     repo, log = workspace
-    assert ran(log) == ["prepare", f"train@{TINY_MODEL}", f"evaluate@{TINY_MODEL}", "report"]
+    assert ran(log) == ["prepare", "pretrain", f"train@{TINY_MODEL}", f"evaluate@{TINY_MODEL}", "report"]
     assert (repo / WEIGHTS).stat().st_size > 1000
     assert not (repo / "checkpoints" / TINY_MODEL / "model_final.pth").exists()
     assert (repo / "checkpoints" / TINY_MODEL / "latest.json").exists()  # the epoch state, outside DVC
@@ -127,7 +145,8 @@ def test_repro_runs_every_stage_and_caches_what_it_shares(workspace):
     train = json.loads((repo / f"metrics/{TINY_MODEL}/train.json").read_text())
     assert set(train) == {"iterations", "epochs", "final_losses"}  # no timings, no host facts
     lock = (repo / "dvc.lock").read_text()
-    for cached in (WEIGHTS, f"results/{TINY_MODEL}", f"metrics/{TINY_MODEL}/pr", "data/prepared"):
+    for cached in (WEIGHTS, f"results/{TINY_MODEL}", f"metrics/{TINY_MODEL}/pr", "data/prepared",
+                   "weights/pretrained/cpu_backbone.pth"):
         assert f"path: {cached}" in lock
     assert "checkpoints" not in lock
     assert "/frcnn_tiny.pth" in (repo / "weights/.gitignore").read_text()  # DVC's, not git's
@@ -141,8 +160,12 @@ def test_repro_runs_every_stage_and_caches_what_it_shares(workspace):
         assert (repo / "reports/figures" / fig).stat().st_size > 1000, fig
     runs = mlflow_runs(repo)
     assert sorted(r[0] for r in runs) == [f"evaluate/{TINY_MODEL}/minival", f"evaluate/{TINY_MODEL}/test-dev",
-                                          f"train/{TINY_MODEL}"]
+                                          "pretrain/cpu_backbone", f"train/{TINY_MODEL}"]
     assert {r[1] for r in runs} == {"FINISHED"}
+    # the stage runs of the one `dvc repro` are the children of one parent run repro/<its start>
+    repro_parents = mlflow_runs(repo, parents="repro")
+    assert len(repro_parents) == 1 and repro_parents[0][0].startswith("repro/") and repro_parents[0][1] == "FINISHED"
+    assert all(parent_names(repo)[r[0]] == {repro_parents[0][0]} for r in runs)
     assert git_status(repo) == ""
 
 
@@ -286,7 +309,7 @@ def test_queued_and_temporary_experiments_record_in_the_workspace_store(workspac
     assert len(new) == 6 and {r[1] for r in new} == {"FINISHED"}  # train + 2 evaluate runs each
     assert sorted({r[2] for r in new}) == sorted(names)
     # each experiment's stage runs are the children of one parent run named after it
-    assert sorted(r[0] for r in mlflow_runs(repo, parents=True)) == sorted(f"exp/{n}" for n in names)
+    assert sorted(r[0] for r in mlflow_runs(repo, parents="exp")) == sorted(f"exp/{n}" for n in names)
     assert all(parent_of_runs(repo)[n] == f"exp/{n}" for n in names)
     assert not list((repo / ".dvc" / "tmp" / "exps").glob("**/mlflow.db"))  # no store left in a copy
 

@@ -155,8 +155,8 @@ def test_minival_is_scored_again_with_snapping_off_and_tracked_apart(fake_setup,
     assert main.info.run_id != variant.info.run_id
     assert "variant" not in main.data.tags and main.data.tags["corner_snapping"] == "true"
     assert variant.data.tags["variant"] == "corner_snapping_off" and variant.data.tags["corner_snapping"] == "false"
-    assert main.data.metrics["bbox_AP"] == pytest.approx(minival["bbox"]["AP"])
-    assert variant.data.metrics["bbox_AP"] == pytest.approx(off["bbox"]["AP"])
+    assert main.data.metrics["minival/bbox_AP"] == pytest.approx(minival["bbox"]["AP"])
+    assert variant.data.metrics["minival/bbox_AP"] == pytest.approx(off["bbox"]["AP"])
 
     # the report reads both runs back, checked against the file
     rows = collect(params, tmp_path / "metrics")
@@ -258,8 +258,8 @@ def test_minival_is_scored_again_with_contour_snapping_off_and_tracked_apart(fak
     assert variant.data.tags["variant"] == "contour_snapping_off"
     assert variant.data.tags["contour_snapping"] == "false"
     assert variant.data.tags["split"] == "minival/contour_snapping_off"
-    assert variant.data.metrics["segm_AP"] == pytest.approx(off["segm"]["AP"])
-    assert main.data.metrics["segm_AP"] == pytest.approx(minival["segm"]["AP"])
+    assert variant.data.metrics["minival/segm_AP"] == pytest.approx(off["segm"]["AP"])
+    assert main.data.metrics["minival/segm_AP"] == pytest.approx(minival["segm"]["AP"])
 
     # the report reads both runs back, checked against the file: the contour table, not the corner one
     rows = collect(params, tmp_path / "metrics")

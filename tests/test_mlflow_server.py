@@ -121,7 +121,7 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
     history = get(url, "/api/2.0/mlflow/metrics/get-history", run_id=train_id, metric_key="train/loss")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(1, 9))  # 2 epochs x 4 iterations, each once
     metrics = {m["key"]: m["value"] for m in by_name[f"evaluate/{TINY_MODEL}/minival"]["data"]["metrics"]}
-    assert 0 <= metrics["bbox_AP"] <= 1 and "bbox_AP50" in metrics
+    assert 0 <= metrics["minival/bbox_AP"] <= 1 and "minival/bbox_AP50" in metrics and "bbox_AP" not in metrics
     eval_id = by_name[f"evaluate/{TINY_MODEL}/minival"]["info"]["run_id"]
     files = [f["path"] for f in get(url, "/api/2.0/mlflow-artifacts/artifacts",
                                     path=f"{exp['experiment_id']}/{eval_id}/artifacts").get("files", [])]
@@ -142,7 +142,7 @@ def test_train_evaluate_report_against_a_tracking_server(mlflow_server, tiny_pre
     assert tags["logged_model_id"] == model_id
     logged = get(url, f"/api/2.0/mlflow/logged-models/{model_id}")["model"]
     linked = {m["key"] for m in logged["data"].get("metrics", []) if m.get("run_id") == eval_id}
-    assert {"bbox_AP", "bbox_AP50"} <= linked, logged["data"].get("metrics", [])[:3]
+    assert {"minival/bbox_AP", "minival/bbox_AP50"} <= linked, logged["data"].get("metrics", [])[:3]
     # system metrics on the training run
     train_metrics = {m["key"] for m in get(url, "/api/2.0/mlflow/runs/get", run_id=train_id)["run"]["data"]["metrics"]}
     assert any(k.startswith("system/") for k in train_metrics), sorted(train_metrics)

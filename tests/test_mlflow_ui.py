@@ -30,7 +30,7 @@ def post(url: str, body: dict) -> dict:
 def test_mlflow_ui_lists_the_logged_runs(tmp_path):
     tags = {"model": "ui_check", "stage": "evaluate", "split": "minival", "dataset": "synthetic minival (8 images)"}
     with Tracker("evaluate/ui_check/minival", tags) as t:
-        t.log_metrics({"bbox_AP": 0.25, "bbox_AP50": 0.5})
+        t.log_metrics({"minival/bbox_AP": 0.25, "minival/bbox_AP50": 0.5})
     run_id = t.run_id
 
     port = free_port()
@@ -60,7 +60,7 @@ def test_mlflow_ui_lists_the_logged_runs(tmp_path):
         assert [r["info"]["run_id"] for r in runs] == [run_id]
         assert runs[0]["info"]["status"] == "FINISHED"
         metrics = {m["key"]: m["value"] for m in runs[0]["data"]["metrics"]}
-        assert metrics == {"bbox_AP": 0.25, "bbox_AP50": 0.5}
+        assert metrics == {"minival/bbox_AP": 0.25, "minival/bbox_AP50": 0.5}
         with urllib.request.urlopen(f"{base}/", timeout=10) as r:  # the UI page itself is served
             assert r.status == 200
     finally:

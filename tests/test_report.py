@@ -16,7 +16,7 @@ def log_eval(model, split, stats, dataset="synthetic minival (8 images)"):
             "scale": "cpu", "dataset": dataset}
     time.sleep(0.01)  # distinct start times, so "newest" is well defined
     with Tracker(f"evaluate/{model}/{split}", tags) as t:
-        t.log_metrics({f"bbox_{k}": v for k, v in stats.items()})
+        t.log_metrics({f"{split}/bbox_{k}": v for k, v in stats.items()})  # as the evaluate stage logs
 
 
 def write_metrics(root, model, split, stats, dataset="synthetic minival (8 images)"):
@@ -194,7 +194,7 @@ def log_variant(model, stats, variant="corner_snapping_off", dataset="synthetic 
             "preset": "reppoints_v2_r50_fpn_giou_1x", "scale": "cpu", "dataset": dataset}
     time.sleep(0.01)
     with Tracker(f"evaluate/{model}/minival/{variant}", tags) as t:
-        t.log_metrics({f"bbox_{k}": v for k, v in stats.items()})
+        t.log_metrics({f"minival/bbox_{k}": v for k, v in stats.items()})  # the keys of the default's run
 
 
 def write_variant(root, model, stats, default=True):
@@ -282,7 +282,8 @@ def log_eval_box_mask(model, split, bbox, segm, variant=None, dataset="synthetic
         tags["variant"] = variant
     time.sleep(0.01)
     with Tracker(f"evaluate/{model}/{split}", tags) as t:
-        t.log_metrics({**{f"bbox_{k}": v for k, v in bbox.items()}, **{f"segm_{k}": v for k, v in segm.items()}})
+        t.log_metrics({**{f"minival/bbox_{k}": v for k, v in bbox.items()},  # a variant's too
+                       **{f"minival/segm_{k}": v for k, v in segm.items()}})
 
 
 def write_contour_model(root, model, bbox, segm, v_bbox, v_segm, default=True,
@@ -401,7 +402,8 @@ def log_eval_segm(model, split, bbox, segm, dataset):
     tags = {"model": model, "stage": "evaluate", "split": split, "scale": "cpu", "dataset": dataset}
     time.sleep(0.01)
     with Tracker(f"evaluate/{model}/{split}", tags) as t:
-        t.log_metrics({**{f"bbox_{k}": v for k, v in bbox.items()}, **{f"segm_{k}": v for k, v in segm.items()}})
+        t.log_metrics({**{f"{split}/bbox_{k}": v for k, v in bbox.items()},
+                       **{f"{split}/segm_{k}": v for k, v in segm.items()}})
 
 
 def write_metrics_segm(root, model, split, bbox, segm, dataset, scored=True):
