@@ -7,7 +7,7 @@ import yaml
 
 from pipeline.config import resolve_model_config, run_entries
 from pipeline.errors import ConfigError
-from pipeline.report import BEGIN, END, cpm_component_table, paper_way, write_report
+from pipeline.report import BEGIN, END, NOISE, component_verdict, cpm_component_table, our_way, paper_way, write_report
 from tests.conftest import REPO
 from tests.test_report import cells, log_eval, stats_with, write_metrics
 
@@ -158,6 +158,35 @@ def test_the_component_verdict_yes_and_no():
     # another preset's ablations do not count
     other = [{**r, "preset": "cpm_rcnn_r101_fpn"} for r in rows([0.3] * 5)]
     assert cpm_component_table(other).count("not run |") == 5
+
+
+def test_differences_under_the_measured_spread_are_within_noise():
+    aps = [0.300, 0.310, 0.290, 0.302, 0.320]  # base; CMM, ISM, RSM alone; all three
+    assert our_way(aps, 0.0) == paper_way(aps)
+    assert our_way(aps, 0.005) == ([True, False, NOISE], True)
+    assert our_way(aps, 0.015) == ([NOISE, NOISE, NOISE], NOISE)  # all three 1.0 above the best single
+    assert our_way(aps, 0.009) == ([True, False, NOISE], True)
+    paper = [True, True, True, True]
+    assert component_verdict([True, NOISE, True, True], paper).startswith("yes where the differences exceed")
+    assert component_verdict([True, False, NOISE, True], paper) == "no"
+    assert component_verdict([NOISE] * 4, paper) == NOISE
+    assert component_verdict([True, None, True, True], paper) == "cannot tell yet (runs missing)"
+
+
+def test_the_component_table_says_within_noise_and_names_the_spread():
+    names = ["n", "c", "i", "r", "a"]
+    mods = [(False, False, False), (True, False, False), (False, True, False), (False, False, True),
+            (True, True, True)]
+    rows = [{"model": n, "section": "ablations", "split": "minival", "preset": "cpm_rcnn_r50_fpn",
+             "scale": "cpu", "dataset": "d", "bbox": {"AP": ap},
+             "modules": dict(zip(["with_cmm", "with_ism", "with_rsm"], m))}
+            for n, m, ap in zip(names, mods, [0.30, 0.31, 0.29, 0.302, 0.305])]
+    strict = cpm_component_table(rows)
+    assert "**no**" in strict and "within noise" not in strict
+    text = cpm_component_table(rows, noise=0.012)
+    assert "**within noise**" in text
+    assert "a difference under 1.2 AP, the measured run-to-run spread at this scale, is within noise" in text
+    assert "CMM within noise, ISM within noise, RSM within noise; all three best: within noise." in text
 
 
 def test_published_cpm_and_grid_entries():
