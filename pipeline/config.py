@@ -18,6 +18,8 @@ warmup, steps, batch) and ``test`` is part of ``model`` (the detector's inferenc
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +58,71 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[st
 #: The params.yaml sections that hold trainable runs, each entry a preset, a scale and overrides:
 #: ``models`` (the models of the results tables) and ``ablations`` (module ablations, e.g. CPM
 #: R-CNN with some of its modules switched off). A run trains, evaluates and is recorded under its
-#: name alike in either section (``weights/<name>.pth``, ``metrics/<name>``, ``results/<name>``).
+#: run id (:func:`run_id`) alike in either section (``weights/<run>.pth``, ``metrics/<run>``,
+#: ``results/<run>``): a ``models`` entry is one run named as the entry, an ``ablations`` entry
+#: one run per seed of ``ablation_seeds``, named ``<entry>_seed<k>``.
 RUN_SECTIONS = ("models", "ablations")
+
+#: ``ablation_seeds`` when params has no such key (what params.yaml holds by default). DVC itself
+#: needs the key in params.yaml: a list cannot be defaulted in dvc.yaml's ``vars``.
+DEFAULT_ABLATION_SEEDS: tuple[int, ...] = (0,)
+
+_SEEDED = re.compile(r"(?P<entry>.+)_seed(?P<seed>[0-9]+)")
+
+
+def run_id(entry: str, seed: int | None = None) -> str:
+    """The id of a run (its weights ``weights/<run>.pth``, ``metrics/<run>/``, ``results/<run>/``,
+    the MLflow runs ``train/<run>``, ``evaluate/<run>/<split>`` and their ``model`` tag): the
+    entry name for a run trained with params ``seed`` (``seed`` None: every ``models`` run), else
+    ``<entry>_seed<seed>`` (the ablation runs, one per seed of ``ablation_seeds``).
+    :func:`split_run_id` is its inverse."""
+    if seed is None:
+        return entry
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ConfigError(f"a run's seed must be a non-negative integer, got {seed!r}")
+    return f"{entry}_seed{int(seed)}"
+
+
+def split_run_id(run: str) -> tuple[str, int | None]:
+    """``(entry, seed)`` of a run id (:func:`run_id`): ``("cpm_ablation_none", 0)`` for
+    ``cpm_ablation_none_seed0``, ``(run, None)`` for a run id without a seed. Unambiguous because
+    no entry name may end in ``_seed<k>`` (:func:`check_entry_name`)."""
+    m = _SEEDED.fullmatch(run)
+    return (m["entry"], int(m["seed"])) if m else (run, None)
+
+
+def check_entry_name(section: str, name: str) -> None:
+    """Refuse an entry name that reads as a seeded run id (``..._seed<k>``), which
+    :func:`split_run_id` would take apart."""
+    if split_run_id(name)[1] is not None:
+        raise ConfigError(f"params.yaml: {section}.{name}: entry names may not end in '_seed<number>'; "
+                          f"that suffix names the run of an entry trained with a seed (e.g. {name}_seed0)")
+
+
+def training_seed(params: dict[str, Any], seed: int | None = None) -> int:
+    """The seed a run trains with: ``seed`` where given (an ablation run's, from
+    ``ablation_seeds``), else params ``seed``."""
+    return int(params.get("seed", 0)) if seed is None else int(seed)
+
+
+def ablation_seeds(params: dict[str, Any]) -> list[int]:
+    """params ``ablation_seeds``: the seeds every ablation entry is trained with, one run each
+    (:data:`DEFAULT_ABLATION_SEEDS` when the key is absent). Raises :class:`ConfigError` unless it
+    is a list of distinct non-negative integers."""
+    seeds = params.get("ablation_seeds", list(DEFAULT_ABLATION_SEEDS))
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in seeds):
+        raise ConfigError(f"params.yaml: ablation_seeds = {seeds!r}; expected a list of non-negative integers, "
+                          f"e.g. [0, 1, 2] (a list, because DVC's matrix stages iterate over it)")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"params.yaml: ablation_seeds = {seeds!r} repeats a seed")
+    return list(seeds)
 
 
 def run_section(params: dict[str, Any], name: str) -> str:
-    """The section of ``params`` (``models`` or ``ablations``) that holds run ``name``.
+    """The section of ``params`` (``models`` or ``ablations``) that holds entry ``name``.
 
-    Raises :class:`ConfigError` when neither or both hold it.
+    Raises :class:`ConfigError` when neither or both hold it, or the name ends in ``_seed<k>``.
     """
     found = [s for s in RUN_SECTIONS if name in (params.get(s) or {})]
     if len(found) > 1:
@@ -72,31 +131,67 @@ def run_section(params: dict[str, Any], name: str) -> str:
     if not found:
         have = {s: sorted(params.get(s) or {}) for s in RUN_SECTIONS}
         raise ConfigError(f"params.yaml: no model named {name!r} under 'models' or 'ablations' (have: {have})")
+    check_entry_name(found[0], name)
     return found[0]
 
 
 def run_entries(params: dict[str, Any], sections: tuple[str, ...] = RUN_SECTIONS) -> dict[str, tuple[str, dict]]:
-    """``{name: (section, entry)}`` of every run in ``sections``, models first, in params order.
+    """``{name: (section, entry)}`` of every entry in ``sections``, models first, in params order.
+    An ablation entry stands for several runs (:func:`runs` lists those).
 
-    Raises :class:`ConfigError` for a name defined in both sections.
+    Raises :class:`ConfigError` for a name defined in both sections or ending in ``_seed<k>``.
     """
     out: dict[str, tuple[str, dict]] = {}
     for section in sections:
         for name, entry in (params.get(section) or {}).items():
             if name in out:
                 run_section(params, name)  # raises, naming it
+            check_entry_name(section, name)
             out[name] = (section, entry or {})
     return out
 
 
+@dataclass(frozen=True)
+class Run:
+    """One trained run of params: its id (:func:`run_id`), the section and name of its entry,
+    and the seed it was given (None: it trains with params ``seed``; :func:`training_seed`)."""
+
+    id: str
+    section: str
+    entry: str
+    seed: int | None
+
+    def config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The entry of params this run is trained from."""
+        return (params.get(self.section) or {}).get(self.entry) or {}
+
+
+def runs(params: dict[str, Any], sections: tuple[str, ...] = RUN_SECTIONS) -> dict[str, Run]:
+    """``{run id: Run}`` of every run params defines, as DVC's stages do: one per ``models`` entry
+    (no seed: ``train@<entry>``), then, per ``ablations`` entry, one per seed of
+    :func:`ablation_seeds` (``train_ablation@<entry>-<seed>``, run id ``<entry>_seed<seed>``).
+    Order: models, then ablations entry by entry, seeds in their order."""
+    seeds = ablation_seeds(params) if "ablations" in sections else []
+    out: dict[str, Run] = {}
+    for name, (section, _) in run_entries(params, sections).items():
+        for seed in ([None] if section == "models" else seeds):
+            run = Run(run_id(name, seed), section, name, seed)
+            out[run.id] = run
+    return out
+
+
 def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """The full configuration of run ``name`` (a key of ``params['models']`` or ``params['ablations']``).
+    """The full configuration of entry ``name`` (a key of ``params['models']`` or
+    ``params['ablations']``), or of run id ``name`` (``<entry>_seed<k>``: its entry's; the seed
+    is no part of the configuration).
 
     Returns a dict with keys ``preset``, ``scale``, ``detector``, ``model``, ``data`` and
     ``schedule``.
     """
     from models.presets import PRESETS
 
+    if not any(name in (params.get(s) or {}) for s in RUN_SECTIONS):  # a run id: its entry's
+        name = split_run_id(name)[0]
     section = run_section(params, name)
     entry = params[section][name] or {}
     preset_name = entry.get("preset")

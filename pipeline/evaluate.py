@@ -1,6 +1,11 @@
 """DVC stage ``evaluate@<model>``: COCO evaluation on minival and test-dev.
 
     python -m pipeline.evaluate --model faster_rcnn_r50_fpn
+    python -m pipeline.evaluate --model cpm_ablation_none --seed 1
+
+``<model>`` below is the run: the model, or with ``--seed K`` (the stages
+``evaluate_ablation@<entry>-<K>``) the run ``<model>_seedK`` its train stage wrote
+(:func:`pipeline.config.run_id`).
 
 For each split in ``evaluate.splits`` it runs the trained model (``weights/<model>.pth``),
 writes the COCO result files to ``results/<model>/`` and, where the split has
@@ -50,7 +55,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import load_params
+from pipeline.config import load_params, run_id, training_seed
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
 from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv
@@ -300,11 +305,16 @@ def evaluate_model(
     metrics_root: Path = METRICS_DIR,
     results_root: Path = RESULTS_DIR,
     track: bool = True,
+    seed: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model_name`` (``weights/<model_name>.pth``) on every split of
+    """Evaluate the run ``model_name`` (``weights/<model_name>.pth``), or with ``seed`` the run
+    ``<model_name>_seed<seed>`` (:func:`pipeline.config.run_id`), on every split of
     ``params['evaluate']['splits']``."""
     ev_cfg = params.get("evaluate", {}) or {}
     device = resolve_device((params.get("train") or {}).get("device", "auto"))
+    entry, given_seed = model_name, seed
+    model_name = run_id(entry, given_seed)  # the run, from here on
+    seed = training_seed(params, given_seed)
     weights = weights_file(model_name, weights_root)
     model, state = load_trained_model(weights, device)
     weights_sha = file_digest(weights) if weights.exists() else "unknown"  # tags the MLflow runs
@@ -319,7 +329,7 @@ def evaluate_model(
     all_metrics: dict[str, dict[str, Any]] = {}
     for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
         split = manifest.split(split_name)
-        dataset = build_dataset(split, cfg["data"], train=False, seed=int(params.get("seed", 0)))
+        dataset = build_dataset(split, cfg["data"], train=False, seed=seed)
         if list(dataset.cat_ids) != list(cat_ids):
             raise RuntimeError(
                 f"{split.ann_file}: categories {list(dataset.cat_ids)} differ from the ones the model "
@@ -392,6 +402,8 @@ def evaluate_model(
         }
         if model_id:
             tags["logged_model_id"] = model_id
+        if given_seed is not None:  # a seeded run: its entry and seed (unseeded runs keep their tags)
+            tags.update(entry=entry, seed=str(seed))
         for name, value in variants:
             tags[variant_switch(name)] = str(not value).lower()
         artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]
@@ -412,9 +424,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a key of 'models' (or 'ablations') in params.yaml")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="evaluate the run <model>_seed<SEED> (trained with `pipeline.train --seed SEED`)")
     args = parser.parse_args(argv)
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
     try:
-        evaluate_model(args.model, load_params(args.params))
+        evaluate_model(args.model, load_params(args.params), seed=args.seed)
     except (WeightsError, TrackingStoreError) as e:
         raise SystemExit(f"[evaluate] {e}") from e
 

@@ -2,7 +2,8 @@
 
     python -m pipeline.report
 
-For every run in ``params.yaml`` (the ``models``, then the ``ablations``) it takes the newest FINISHED MLflow evaluate run per
+For every run in ``params.yaml`` (the ``models``, then the ``ablations``, each once per seed of
+``ablation_seeds`` as ``<name>_seed<k>``; :func:`pipeline.config.runs`) it takes the newest FINISHED MLflow evaluate run per
 split, cross-checks its numbers against the DVC metrics file ``metrics/<model>/<split>.json``
 (the stage depends on those files; a mismatch means the store and the workspace disagree
 and the stage fails, naming both), then writes ``reports/results.md`` and rewrites the
@@ -16,9 +17,10 @@ get a table of their mask AP on and off, right after it.
 The papers' tables follow the model table (Dense RepPoints' with box and mask AP, the latter
 read from the runs' ``segm`` numbers); CPM R-CNN's are its test-dev table (filled from
 ``models`` runs of the row's preset) and its component-wise table (filled from ``ablations``
-runs of ``cpm_rcnn_r50_fpn`` by the module switches of their resolved configuration), with a
-computed line on whether our ablation orders the same way as the paper's. Ablation runs are
-left out of the main table and the papers' other tables.
+runs of ``cpm_rcnn_r50_fpn`` by the module switches of their resolved configuration; a row of
+several runs, e.g. one per seed, shows mean ± std), with a computed line on whether our ablation
+orders the same way as the paper's. Ablation runs are left out of the main table and the papers'
+other tables.
 
 Figures go to ``reports/figures/``: per model the minival precision-recall curves, the
 training curves and a grid of minival predictions drawn over the images with the ground
@@ -30,12 +32,14 @@ columns with their source.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoint import atomic_write_text, file_digest
-from pipeline.config import load_params, resolve_model_config, run_entries
+from pipeline.config import load_params, resolve_model_config, runs, training_seed
 from pipeline.engine import write_json
 from pipeline.evaluate import SNAPPING_SWITCHES, metric_key, pr_curve_file, variant_split, variant_switch
 from pipeline.evaluation import STAT_NAMES
@@ -109,9 +113,13 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
             weights_root: Path | None = None) -> list[dict[str, Any]]:
     """One record per (run, split): the MLflow numbers, checked against the metrics file.
 
-    Runs are the entries of ``models`` and of ``ablations`` (``record["section"]``); an
-    ablation's record also carries ``record["modules"]``, the CPM module switches
-    (``with_cmm``/``with_ism``/``with_rsm``) of its resolved configuration, where it has them.
+    Runs are those of :func:`pipeline.config.runs`: the entries of ``models`` and, once per seed
+    of ``ablation_seeds``, of ``ablations`` (``record["section"]``; ``record["model"]`` is the
+    run id, ``record["entry"]`` its entry). ``record["seed"]`` is the seed the run trained with
+    and ``record["config"]`` a digest of its resolved configuration, so that the component table
+    counts a (configuration, seed) pair once. A record also carries ``record["modules"]``, the CPM
+    module switches (``with_cmm``/``with_ism``/``with_rsm``) of its resolved configuration, where
+    it has them.
 
     A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, Dense
     RepPoints V2 with contour snapping flipped, under ``"variants"`` in the metrics file) gets
@@ -122,29 +130,36 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
     c = client()
     rows = []
     splits = (params.get("evaluate") or {}).get("splits", ["minival", "test-dev"])
-    for model_name, (section, entry) in run_entries(params).items():
-        modules = ablation_modules(params, model_name)
+    for model_name, run in runs(params).items():
+        section, entry = run.section, run.config(params)
+        cfg = resolve_model_config(params, run.entry)
+        modules = module_switches(cfg)
         weights = weights_file(model_name, weights_root) if weights_root is not None else None
         digest = file_digest(weights) if weights is not None and weights.exists() else None
+        seed = training_seed(params, run.seed)
+        config_digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
         for split in splits:
             path = Path(metrics_root) / model_name / f"{split}.json"
             if not path.exists():
                 raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
             file_metrics = json.loads(path.read_text())
-            run = newest_run_or_fail(c, model_name, split, digest)
+            found = newest_run_or_fail(c, model_name, split, digest)
             record = {
                 "model": model_name,
                 "preset": entry.get("preset"),
-                "scale": run.data.tags.get("scale", entry.get("scale")),
+                "scale": found.data.tags.get("scale", entry.get("scale")),
                 "split": split,
-                "dataset": run.data.tags.get("dataset", file_metrics.get("dataset")),
+                "dataset": found.data.tags.get("dataset", file_metrics.get("dataset")),
                 "scored": file_metrics.get("scored", False),
-                "run_id": run.info.run_id,
+                "run_id": found.info.run_id,
                 "section": section,
+                "entry": run.entry,
+                "seed": seed,
+                "config": config_digest,
             }
             if modules is not None:
                 record["modules"] = modules
-            record.update(checked_stats(run, file_metrics, path, model_name, split))
+            record.update(checked_stats(found, file_metrics, path, model_name, split))
             for name, v_metrics in (file_metrics.get("variants") or {}).items():
                 v_split = variant_split(split, name)
                 v_run = newest_run_or_fail(c, model_name, v_split, digest)
@@ -160,9 +175,14 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
 
 
 def ablation_modules(params: dict[str, Any], name: str) -> dict[str, bool] | None:
-    """The module switches (:data:`CPM_COMPONENT_TABLE` ``switches``) of run ``name``'s resolved
-    configuration (``model.roi_head``), or None when its RoI head has not all of them."""
-    roi_head = (resolve_model_config(params, name).get("model") or {}).get("roi_head") or {}
+    """The module switches (:data:`CPM_COMPONENT_TABLE` ``switches``) of entry or run ``name``'s
+    resolved configuration (``model.roi_head``), or None when its RoI head has not all of them."""
+    return module_switches(resolve_model_config(params, name))
+
+
+def module_switches(cfg: dict[str, Any]) -> dict[str, bool] | None:
+    """:func:`ablation_modules` of a resolved configuration ``cfg``."""
+    roi_head = (cfg.get("model") or {}).get("roi_head") or {}
     keys = CPM_COMPONENT_TABLE["switches"]
     if not all(k in roi_head for k in keys):
         return None
@@ -394,14 +414,50 @@ def cpm_testdev_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_TES
 def component_runs(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_COMPONENT_TABLE
                    ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Per row of ``spec``: (the row, the minival records of our runs of the spec's preset whose
-    resolved module switches are exactly the row's), in the records' order. The runs are the
-    ablations and the models alike: the all-modules row reads the ``models`` run of the preset
-    (``cpm_rcnn_r50_fpn``), which an ablation entry would only repeat."""
+    resolved module switches are exactly the row's), in the records' order, each (configuration,
+    seed) once (:func:`distinct_runs`). The runs are the ablations (one per seed of
+    ``ablation_seeds``) and the models alike: the all-modules row reads the ``models`` run of the
+    preset (``cpm_rcnn_r50_fpn``, trained with params ``seed``), which an ablation entry of the
+    same configuration would only repeat at that seed."""
     minival = [r for r in rows if r["split"] == "minival" and r.get("modules") is not None
                and r.get("preset") == spec["preset"]]
-    return [(row, [r for r in minival
-                   if tuple(r["modules"][k] for k in spec["switches"]) == tuple(row["modules"])])
+    return [(row, distinct_runs([r for r in minival
+                                 if tuple(r["modules"][k] for k in spec["switches"]) == tuple(row["modules"])]))
             for row in spec["rows"]]
+
+
+def distinct_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with each (configuration, seed) pair once, the first kept: two runs of the
+    same configuration (``record["config"]``, else its entry) trained with the same seed
+    (``record["seed"]``) are one measurement, not two. A record without a seed is always kept."""
+    seen: set[tuple[str, Any]] = set()
+    out = []
+    for r in records:
+        if r.get("seed") is None:
+            out.append(r)
+            continue
+        key = (r.get("config") or r.get("entry") or r["model"], r["seed"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def ap_summary(records: list[dict[str, Any]]) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation, n) of the records' minival box AP (those that have one;
+    COCO's -1 counts as missing); the std is None unless n > 1, the mean None when n is 0."""
+    aps = [ap for ap in (r.get("bbox", {}).get("AP") for r in records) if ap is not None and ap >= 0]
+    if not aps:
+        return None, None, 0
+    return statistics.mean(aps), (statistics.stdev(aps) if len(aps) > 1 else None), len(aps)
+
+
+def fmt_mean_std(mean: float | None, std: float | None, n: int) -> str:
+    """An AP cell of the component table: :func:`fmt` of one run's AP, ``mean ± std (n=<n>)`` in
+    percent for several runs (std: the sample standard deviation), '–' for none."""
+    if n <= 1 or std is None:
+        return fmt(mean)
+    return f"{100 * mean:.1f} ± {100 * std:.1f} (n={n})"
 
 
 def paper_way(aps: list[float | None]) -> tuple[list[bool | None], bool | None]:
@@ -417,22 +473,32 @@ def paper_way(aps: list[float | None]) -> tuple[list[bool | None], bool | None]:
 NOISE = "within noise"
 
 
-def our_way(aps: list[float | None], noise: float = 0.0) -> tuple[list[bool | str | None], bool | str | None]:
+def our_way(aps: list[float | None], noise: float = 0.0, spreads: list[float | None] | None = None
+            ) -> tuple[list[bool | str | None], bool | str | None]:
     """:func:`paper_way` for our runs, where a difference smaller than ``noise`` (the measured
     run-to-run spread of box AP, params.yaml ``noise.box_ap``) says nothing: such a comparison
-    is :data:`NOISE` instead of True or False. ``noise`` 0 gives :func:`paper_way`'s answers."""
-    if noise <= 0:
+    is :data:`NOISE` instead of True or False. ``aps`` are the rows' APs (the mean where a row has
+    several runs); ``spreads``, in the same order, the rows' standard deviations (None or 0 for a
+    row of one run): a difference smaller than the larger spread of the two rows compared is
+    :data:`NOISE` too. ``noise`` 0 without spreads gives :func:`paper_way`'s answers."""
+    spread = [float(v or 0.0) for v in (spreads if spreads is not None else [None] * len(aps))]
+    if len(spread) != len(aps):
+        raise ValueError(f"{len(aps)} APs but {len(spread)} spreads")
+    if noise <= 0 and not any(spread):
         return paper_way(aps)
     base, *singles, full = aps
+    s_base, *s_singles, s_full = spread
 
-    def compare(a: float | None, b: float | None) -> bool | str | None:
+    def compare(a: float | None, b: float | None, sa: float, sb: float) -> bool | str | None:
         if a is None or b is None:
             return None
-        return NOISE if abs(a - b) < noise else a > b
+        return NOISE if abs(a - b) < max(noise, sa, sb) else a > b
 
-    alone = [compare(ap, base) for ap in singles]
-    best = None if any(ap is None for ap in aps) else compare(full, max(base, *singles))
-    return alone, best
+    alone = [compare(ap, base, s, s_base) for ap, s in zip(singles, s_singles)]
+    if any(ap is None for ap in aps):
+        return alone, None
+    top, s_top = max([(base, s_base), *zip(singles, s_singles)], key=lambda pair: pair[0])
+    return alone, compare(full, top, s_full, s_top)
 
 
 def _yes_no(v: bool | str | None) -> str:
@@ -458,11 +524,14 @@ def component_verdict(ours: list[bool | str | None], paper: list[bool | None]) -
 
 def cpm_component_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_COMPONENT_TABLE,
                         noise: float = 0.0) -> str:
-    """CPM R-CNN's component-wise table: per combination of modules, our minival box AP of the
-    ablation runs with exactly those switches beside the README's val2017 AP, then whether our
-    runs order the same way as the paper's (each module alone above the baseline; all three
-    best), computed from the unrounded APs (the first matching run per row). A difference of
-    ours smaller than ``noise`` (box AP as a fraction, the measured spread) is "within noise"."""
+    """CPM R-CNN's component-wise table: per combination of modules, one line with our minival
+    box AP of the runs with exactly those switches (:func:`component_runs`: the ablation runs,
+    one per seed, and the model run; each (configuration, seed) once) beside the README's
+    val2017 AP: the AP of a single run as before, ``mean ± std (n=<runs>)`` of several (sample
+    std). Then whether our runs order the same way as the paper's (each module alone above the
+    baseline; all three best), computed from the unrounded means. A difference of ours smaller
+    than ``noise`` (box AP as a fraction, the measured spread), or than the larger std of the two
+    rows compared, is "within noise"."""
     mods = spec["modules"]
     lines = [
         f"**{spec['title']}** (published: {spec['source']}; {spec['preset']}, val2017)",
@@ -470,18 +539,22 @@ def cpm_component_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_C
         "| " + " | ".join(mods) + " | Ours: minival AP | Our run (scale) | Measured on | Paper: AP (val2017) |",
         "|" + ":-:|" * len(mods) + ":-:|---|---|:-:|",
     ]
-    ours_first = []
-    for row, runs in component_runs(rows, spec):
+    means: list[float | None] = []
+    spreads: list[float | None] = []
+    several = False
+    for row, found in component_runs(rows, spec):
         marks = "".join(f" {'✓' if on else ''} |" for on in row["modules"])
-        if not runs:
+        mean, std, n = ap_summary(found)
+        means.append(mean)
+        spreads.append(std)
+        several = several or n > 1
+        if not found:
             lines.append(f"|{marks} not run | – | – | {_pub(row['AP'])} |")
-        for r in runs:
-            lines.append(f"|{marks} {fmt(r.get('bbox', {}).get('AP'))} | {r['model']} ({r.get('scale')}) "
-                         f"| {r['dataset']} | {_pub(row['AP'])} |")
-        ap = runs[0].get("bbox", {}).get("AP") if runs else None
-        ours_first.append(None if ap is None or ap < 0 else ap)
+            continue
+        lines.append(f"|{marks} {fmt_mean_std(mean, std, n)} | {_run_names(found)} "
+                     f"| {'; '.join(dict.fromkeys(r['dataset'] for r in found))} | {_pub(row['AP'])} |")
     paper_alone, paper_best = paper_way([row["AP"] for row in spec["rows"]])
-    our_alone, our_best = our_way(ours_first, noise)
+    our_alone, our_best = our_way(means, noise, spreads)
     single = [mods[row["modules"].index(True)] for row in spec["rows"][1:-1]]
 
     def summary(alone, best):
@@ -490,14 +563,29 @@ def cpm_component_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_C
                 + f"; all three best: {_yes_no(best)}")
 
     verdict = component_verdict([*our_alone, our_best], [*paper_alone, paper_best])
-    noise_note = (f"; a difference under {100 * noise:.1f} AP, the measured run-to-run spread at this scale, "
-                  "is within noise" if noise > 0 else "")
+    notes = []
+    if noise > 0:
+        notes.append(f"a difference under {100 * noise:.1f} AP, the measured run-to-run spread at this scale, "
+                     "is within noise")
+    if several:
+        notes.append("a row of several runs (seeds) is compared by its mean, and a difference under the "
+                     "larger standard deviation of the two rows is within noise" + (" too" if noise > 0 else ""))
+    noise_note = "".join(f"; {note}" for note in notes)
     lines += [
         "",
         f"Does our ablation go the paper's way? **{verdict}**. Paper: {summary(paper_alone, paper_best)}. "
         f"Ours (minival box AP{noise_note}): {summary(our_alone, our_best)}.",
     ]
     return "\n".join(lines)
+
+
+def _run_names(records: list[dict[str, Any]]) -> str:
+    """The "Our run (scale)" cell: each run's name with its scale, one scale after all names
+    when they share it (``a_seed0, a_seed1 (cpu)``)."""
+    scales = list(dict.fromkeys(r.get("scale") for r in records))
+    if len(scales) == 1:
+        return f"{', '.join(r['model'] for r in records)} ({scales[0]})"
+    return ", ".join(f"{r['model']} ({r.get('scale')})" for r in records)
 
 
 SNAPPING_TITLE = "RepPoints V2 joint inference (corner snapping)"
@@ -597,7 +685,7 @@ def write_figures(params: dict[str, Any], reports_dir: Path, metrics_root: Path,
     data are at hand, a grid of minival predictions. Returns ``{model: {kind: png path}}``."""
     figures_dir = reports_dir / "figures"
     out: dict[str, dict[str, Path]] = {}
-    for model_name in run_entries(params):
+    for model_name in runs(params):
         figs: dict[str, Path] = {}
         pr_csv = pr_curve_file(Path(metrics_root), model_name, "minival", "bbox")
         if pr_csv.exists():
@@ -637,7 +725,7 @@ def write_overlay_plots(params: dict[str, Any], plots_dir: Path, metrics_root: P
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["model", x_name, y_name])
         rows = 0
-        for model_name in run_entries(params):
+        for model_name in runs(params):
             path = Path(metrics_root) / model_name / source
             if not path.exists():
                 continue

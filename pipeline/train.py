@@ -1,13 +1,18 @@
 """DVC stage ``train@<model>``: train one model of ``params.yaml``.
 
     python -m pipeline.train --model faster_rcnn_r50_fpn [--no-resume]
+    python -m pipeline.train --model cpm_ablation_none --seed 1
 
-Writes the final weights ``weights/<model>.pth`` (the stage's DVC-cached output),
-``metrics/<model>/train.json`` and ``metrics/<model>/train_curve.csv``, and records an
-MLflow run (params, per-iteration losses and lr, timings, the curve as an artifact). The
-resumable epoch state goes to ``checkpoints/<model>/``, outside DVC's outputs: DVC neither
-deletes it before a run (so a killed run resumes) nor pushes it, and the run-cache stays on.
-The weights file holds no time or path, so an identical retrain gives it the same hash.
+Writes the final weights ``weights/<run>.pth`` (the stage's DVC-cached output),
+``metrics/<run>/train.json`` and ``metrics/<run>/train_curve.csv``, and records an
+MLflow run ``train/<run>`` (params, per-iteration losses and lr, timings, the curve as an
+artifact). The resumable epoch state goes to ``checkpoints/<run>/``, outside DVC's outputs:
+DVC neither deletes it before a run (so a killed run resumes) nor pushes it, and the run-cache
+stays on. The weights file holds no time or path, so an identical retrain gives it the same hash.
+
+The run is ``<model>`` trained with params ``seed``, or, with ``--seed K`` (the stages
+``train_ablation@<entry>-<K>``, one per seed of params ``ablation_seeds``), ``<model>_seedK``
+trained with seed K (:func:`pipeline.config.run_id`).
 
 With ``train.gpus > 1`` in params.yaml and CUDA present, the stage re-launches itself
 under ``torchrun --nproc_per_node <gpus>`` (DDP over NCCL). Under torchrun on CPU (gloo)
@@ -29,7 +34,7 @@ import torch
 
 from pipeline import distributed
 from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint, file_digest
-from pipeline.config import load_params, resolve_model_config
+from pipeline.config import load_params, resolve_model_config, run_id, training_seed
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.logged_model import log_and_register
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
@@ -93,19 +98,24 @@ def run_training(
     track: bool = True,
     log_model: bool = True,
     stop_at_iteration: int | None = None,
+    seed: int | None = None,
 ) -> tuple[dict[str, Any], torch.nn.Module]:
     """Train ``model_name`` as configured in ``params``.
 
-    Usable in-process (tests) as well as from the command line.
+    Usable in-process (tests) as well as from the command line. ``seed`` None trains the run
+    ``model_name`` with params ``seed``; a seed trains the run ``<model_name>_seed<seed>``
+    with it (:func:`pipeline.config.run_id`): its own weights, metrics, checkpoints and MLflow run.
 
     Returns:
-        (the train metrics written to ``metrics/<model>/train.json``, the trained model).
+        (the train metrics written to ``metrics/<run>/train.json``, the trained model).
     """
     from models.build import build_model
 
     cfg = resolve_model_config(params, model_name)
     runtime = params.get("train", {}) or {}
-    seed = int(params.get("seed", 0))
+    run = run_id(model_name, seed)
+    given_seed = seed
+    seed = training_seed(params, given_seed)
     dist_info = distributed.init_distributed(
         "cuda" if runtime.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu"
     )
@@ -130,7 +140,7 @@ def run_training(
     fingerprint = config_fingerprint(
         {"cfg": cfg, "seed": seed, "data": file_digest(manifest_file), "world_size": dist_info.world_size}
     )
-    ckpt = CheckpointManager(Path(checkpoint_root) / model_name, keep_last=int(runtime.get("keep_checkpoints", 3)))
+    ckpt = CheckpointManager(Path(checkpoint_root) / run, keep_last=int(runtime.get("keep_checkpoints", 3)))
     if not resume and dist_info.is_main:
         ckpt.set_aside("started with --no-resume")
     distributed.barrier()
@@ -145,20 +155,22 @@ def run_training(
         )
 
     tags = {
-        "model": model_name,
+        "model": run,
         "stage": "train",
         "preset": cfg["preset"],
         "scale": cfg["scale"],
         "detector": cfg["detector"],
         "dataset": dataset_description(manifest, "train", len(dataset)),
     }
+    if given_seed is not None:  # a seeded run: its entry and seed (unseeded runs keep their tags)
+        tags.update(entry=model_name, seed=str(seed))
     resume_run_id = None
     if resume and dist_info.is_main:  # continue the MLflow run of the checkpoint we resume from
         record = ckpt.latest()
         if record is not None and record.get("fingerprint") == fingerprint:
             resume_run_id = record.get("mlflow_run_id")
     with sigterm_as_interrupt(), \
-            Tracker(f"train/{model_name}", tags, enabled=track and dist_info.is_main,
+            Tracker(f"train/{run}", tags, enabled=track and dist_info.is_main,
                     resume_run_id=resume_run_id, system_metrics=True) as tracker:
         tracker.log_dataset(f"{manifest.source}/train", prepared_data_digest(manifest_file),
                             str(manifest.split("train").ann_file), "train")
@@ -183,7 +195,7 @@ def run_training(
         )
         if dist_info.is_main:
             print(
-                f"[train] {model_name}: preset {cfg['preset']} ({cfg['scale']} scale), {len(dataset)} images, "
+                f"[train] {run}: preset {cfg['preset']} ({cfg['scale']} scale), {len(dataset)} images, "
                 f"{num_classes} classes, {trainer.iters_per_epoch} it/epoch x {trainer.epochs} epochs, "
                 f"device {device}, world size {dist_info.world_size}",
                 flush=True,
@@ -202,14 +214,14 @@ def run_training(
                 "iteration": result.iterations,
                 "fingerprint": fingerprint,
             }
-            weights = weights_file(model_name, weights_root)
+            weights = weights_file(run, weights_root)
             atomic_torch_save(final, weights)
             tracker.set_tag("weights_sha256", file_digest(weights))
-            if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <model_name>
-                uri, model_id = log_and_register(tracker.run_id, model, final, model_name)
+            if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <run>
+                uri, model_id = log_and_register(tracker.run_id, model, final, run)
                 tracker.set_tag("registered_model", uri)
                 tracker.set_tag("logged_model_id", model_id)
-            out_dir = Path(metrics_root) / model_name
+            out_dir = Path(metrics_root) / run
             write_json(metrics, out_dir / "train.json")
             write_history_csv(result.history, out_dir / "train_curve.csv")
             tracker.log_metrics({f"final/{k}": v for k, v in result.final_losses.items()}, step=result.iterations)
@@ -227,11 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="a key of 'models' (or 'ablations') in params.yaml")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--no-resume", action="store_true", help="set existing checkpoints aside and start afresh")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="train with this seed instead of params 'seed', as the run <model>_seed<SEED> "
+                             "(the ablation stages give each seed of 'ablation_seeds')")
     args = parser.parse_args(argv)
+    if args.seed is not None and args.seed < 0:
+        parser.error(f"--seed must be a non-negative integer, got {args.seed}")
     params = load_params(args.params)
     maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)), argv)
     try:
-        metrics, _ = run_training(args.model, params, resume=not args.no_resume)
+        metrics, _ = run_training(args.model, params, resume=not args.no_resume, seed=args.seed)
     except TrackingStoreError as e:
         raise SystemExit(f"[train] {e}") from e
     finally:

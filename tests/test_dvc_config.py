@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import load_params, run_entries
+from pipeline.config import ablation_seeds, load_params, run_entries, run_id, runs, split_run_id
 from tests.conftest import REPO
+
+#: The family folders the ablation stages depend on (dvc.yaml writes them out: a matrix item
+#: gives the entry's name only, not its `family` / `base`).
+ABLATION_FAMILY, ABLATION_BASE = "cpm_rcnn", "grid_rcnn"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,16 @@ def invalidated_by(stages, path: str) -> set[str]:
     return out
 
 
+def stage_run(name: str) -> str:
+    """The run a train/evaluate stage writes: ``train@<run>``; ``train_ablation@<entry>-<seed>``
+    writes the run ``<entry>_seed<seed>`` (:func:`pipeline.config.run_id`)."""
+    kind, _, key = name.partition("@")
+    if kind.endswith("_ablation"):
+        entry, seed = key.rsplit("-", 1)
+        return run_id(entry, int(seed))
+    return key
+
+
 def params_of(stages) -> dict[str, set[str]]:
     from dvc.dependency.param import ParamsDependency
 
@@ -40,12 +54,16 @@ def params_of(stages) -> dict[str, set[str]]:
 
 
 def runs_of(*families: str) -> set[str]:
+    """The train and evaluate stages of the runs whose entry is of one of ``families``: one pair
+    per model, one per ablation and seed of ``ablation_seeds``."""
     params = load_params(REPO / "params.yaml")
     out = set()
-    for name, (section, entry) in run_entries(params).items():
-        if entry.get("family") in families:
-            pre = "" if section == "models" else "_ablation"
-            out |= {f"train{pre}@{name}", f"evaluate{pre}@{name}"}
+    for run in runs(params).values():
+        if run.config(params).get("family") in families:
+            if run.section == "models":
+                out |= {f"train@{run.entry}", f"evaluate@{run.entry}"}
+            else:
+                out |= {f"train_ablation@{run.entry}-{run.seed}", f"evaluate_ablation@{run.entry}-{run.seed}"}
     return out
 
 
@@ -85,9 +103,12 @@ def test_settings_that_cannot_change_a_result_are_no_dependency(stages):
         assert key not in tracked and "train" not in tracked, key
     for name, keys in params_of(stages).items():
         if name.startswith(("train@", "evaluate@", "train_ablation@", "evaluate_ablation@")):
-            run = name.split("@")[1]
-            assert not any(k.startswith(("models.", "ablations.")) and not k.endswith(f".{run}") for k in keys), \
+            entry = split_run_id(stage_run(name))[0]
+            assert not any(k.startswith(("models.", "ablations.")) and not k.endswith(f".{entry}") for k in keys), \
                 (name, keys)  # a run depends on its own entry only
+        if name.startswith(("train_ablation@", "evaluate_ablation@")):
+            # the seed is the stage's own (in its command): no `seed` or `ablation_seeds` param
+            assert not keys & {"seed", "ablation_seeds"}, (name, keys)
 
 
 def test_every_cpu_run_starts_from_the_pretrain_stage_output(stages):
@@ -113,7 +134,7 @@ def test_every_cpu_run_starts_from_the_pretrain_stage_output(stages):
 def test_evaluate_depends_on_the_final_weights_and_the_report_on_no_epoch_state(stages):
     for name, stage in stages.items():
         if name.startswith("evaluate"):
-            run = name.split("@")[1]
+            run = stage_run(name)
             deps = dep_paths(stage)
             assert f"weights/{run}.pth" in deps and not any(d.startswith("checkpoints") for d in deps)
     assert not any(d.startswith("checkpoints") for d in dep_paths(stages["report"]))
@@ -129,17 +150,74 @@ def test_train_and_evaluate_outputs_are_cached_and_never_persist(stages):
             for out in stage.outs:
                 assert out.use_cache or out.is_metric or out.is_plot, (name, out.def_path)
         if name.startswith("train"):
-            assert f"weights/{name.split('@')[1]}.pth" in [o.def_path for o in stage.outs if o.use_cache]
+            assert f"weights/{stage_run(name)}.pth" in [o.def_path for o in stage.outs if o.use_cache]
 
 
 def test_every_run_is_a_declared_model_artifact():
+    """Every run of params.yaml: the models, and the ablations once per seed of `ablation_seeds`."""
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
     artifacts = dvc["artifacts"]
     params = load_params(REPO / "params.yaml")
-    for name in run_entries(params):
+    for name in runs(params):
         assert artifacts.get(name, {}).get("path") == f"weights/{name}.pth", name
         assert artifacts[name]["type"] == "model"
-    assert set(artifacts) == set(run_entries(params))
+    assert set(artifacts) == set(runs(params))
+
+
+def test_the_ablation_stages_are_one_per_entry_and_seed(stages):
+    params = load_params(REPO / "params.yaml")
+    want = {f"{kind}@{name}-{seed}" for kind in ("train_ablation", "evaluate_ablation")
+            for name in params["ablations"] for seed in ablation_seeds(params)}
+    assert want and {n for n in stages if "_ablation@" in n} == want
+    assert stages["train_ablation@cpm_ablation_none-0"].cmd == \
+        "python -m pipeline.train --model cpm_ablation_none --seed 0"
+    assert stages["evaluate_ablation@cpm_ablation_none-0"].cmd == \
+        "python -m pipeline.evaluate --model cpm_ablation_none --seed 0"
+
+
+def test_every_ablation_is_of_the_family_its_stages_depend_on(stages):
+    """dvc.yaml writes the ablation stages' family folders out (a matrix item names the entry
+    only): an ablation of another family would not re-run when its code changes."""
+    params = load_params(REPO / "params.yaml")
+    for name, entry in params["ablations"].items():
+        assert (entry.get("family"), entry.get("base")) == (ABLATION_FAMILY, ABLATION_BASE), \
+            f"ablations.{name}: the ablation stages depend on models/{ABLATION_FAMILY} and models/{ABLATION_BASE} " \
+            f"only; give another family stages of its own in dvc.yaml"
+    for name, stage in stages.items():
+        if "_ablation@" in name:
+            families = {d for d in dep_paths(stage) if d.startswith("models/") and d.count("/") == 1
+                        and not d.endswith(".py")}
+            assert families == {"models/common", f"models/{ABLATION_FAMILY}", f"models/{ABLATION_BASE}"}, name
+
+
+def resolved_stage_names(tmp_path, params: dict) -> set[str]:
+    """The stage names DVC resolves from the repository's dvc.yaml with ``params`` as params.yaml
+    (a scratch DVC repository; nothing runs)."""
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True)
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with Repo(str(tmp_path)) as repo:
+        return {s.name for s in repo.index.stages}
+
+
+def test_ablation_seeds_make_one_stage_pair_per_entry_and_seed(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    params["ablation_seeds"] = [0, 1]
+    names = resolved_stage_names(tmp_path, params)
+    for kind in ("train_ablation", "evaluate_ablation"):
+        assert {n for n in names if n.startswith(f"{kind}@")} == \
+            {f"{kind}@{name}-{seed}" for name in params["ablations"] for seed in (0, 1)}
+    assert len(runs(params)) == len(params["models"]) + 2 * len(params["ablations"])
+
+
+def test_no_ablations_make_no_ablation_stages(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    params["ablations"] = {}
+    params["ablation_seeds"] = [0, 1, 2]
+    names = resolved_stage_names(tmp_path, params)
+    assert not {n for n in names if "_ablation@" in n} and f"train@{next(iter(params['models']))}" in names
 
 
 def test_the_top_level_plots_overlay_every_run():
