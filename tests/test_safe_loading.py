@@ -240,7 +240,9 @@ def test_a_logged_model_is_weights_only_and_a_hostile_one_is_refused(good_state,
     bad.parent.mkdir()
     torch.save(hostile(good_state, marker), bad)
     name = "safe_loading_tiny"
-    with mlflow.start_run() as run:
+    # an experiment of its own, its artifacts under tmp_path (the Default one would write ./mlruns)
+    experiment = mlflow.create_experiment("safe_loading", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment) as run:
         uri, model_id = log_and_register(run.info.run_id, good, good_state, name)
         bad_uri, _ = log_and_register(run.info.run_id, bad, good_state, name)
     assert model_id and uri.startswith(f"models:/{name}/")
