@@ -196,7 +196,7 @@ def _load_state_dict_source(pretrained: str) -> dict[str, Tensor]:
         except (KeyError, ValueError) as e:
             raise ValueError(f"pretrained={pretrained!r}: torchvision has no model named {name!r}") from e
         weights = weights_enum.IMAGENET1K_V1
-        try:  # torch.hub's loader defaults to weights_only=False: never for us
+        try:  # torch.hub's loader is not weights-only by default: ask for it
             return weights.get_state_dict(progress=False, weights_only=True)
         except pickle.UnpicklingError:  # the cached download holds more than tensors: refuse it
             from urllib.parse import urlparse
