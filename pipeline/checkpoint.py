@@ -3,9 +3,11 @@
 A checkpoint holds everything a run needs to continue exactly where it stopped: model,
 optimizer, LR scheduler, AMP grad scaler, the Python / NumPy / torch (CPU and CUDA) RNG
 states, the epoch and the global iteration, plus a fingerprint of the configuration that
-produced it. Files are written to a temporary name in the same directory, flushed to disk
-and renamed over the target, so a kill at any moment leaves either the old or the new
-file, never a truncated one.
+produced it. It holds tensors and plain containers only (the RNG states converted,
+:func:`rng_state`) and is read with ``torch.load(weights_only=True)``: a checkpoint holding
+anything else is refused, never unpickled (:func:`pipeline.weights_io.safe_torch_load`).
+Files are written to a temporary name in the same directory, flushed to disk and renamed over
+the target, so a kill at any moment leaves either the old or the new file, never a truncated one.
 
 Layout of ``checkpoints/<run>/`` (the resumable state: git-ignored, no DVC output, never
 pushed; a finished run's weights go to ``weights/<run>.pth``, the train stage's output)::
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from pipeline.weights_io import safe_torch_load
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -75,23 +79,48 @@ def config_fingerprint(cfg: dict[str, Any]) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """The state of every RNG the training loop draws from."""
+    """The state of every RNG the training loop draws from, as tensors and plain values only (so
+    that a checkpoint loads with ``torch.load(weights_only=True)``).
+
+    Layout: ``python``: ``{"version": int, "state": int64 tensor [625] (the Mersenne Twister
+    words and position of ``random.getstate()``), "gauss_next": float or None}``; ``numpy``:
+    ``{"kind": "MT19937", "keys": int64 tensor [624] (the uint32 words), "pos": int,
+    "has_gauss": int, "cached_gaussian": float}``; ``torch``: the CPU generator's uint8 tensor;
+    ``cuda``: a list of those, one per device, where CUDA is present. Every value converts back
+    exactly (:func:`set_rng_state`), so a resumed run draws the same numbers.
+    """
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {
+            "version": int(version),
+            "state": torch.tensor([int(x) for x in internal], dtype=torch.int64),
+            "gauss_next": None if gauss_next is None else float(gauss_next),
+        },
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restore the RNGs from :func:`rng_state`'s layout."""
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state((str(npy["kind"]), npy["keys"].cpu().numpy().astype(np.uint32), int(npy["pos"]),
+                         int(npy["has_gauss"]), float(npy["cached_gaussian"])))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 class CheckpointManager:
@@ -139,11 +168,16 @@ class CheckpointManager:
         return path
 
     def load(self, record: dict[str, Any], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """The training state of ``record``'s file, read with ``torch.load(weights_only=True)``.
+
+        Raises:
+            WeightsError: naming the file, when it is corrupt or holds objects other than tensors
+                and plain containers (never loaded, for safety; never silently replaced).
+        """
         path = self.directory / record["file"]
-        try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as e:  # a corrupt file is reported, never silently replaced
-            raise RuntimeError(f"{path}: cannot load checkpoint ({e})") from e
+        remedy = (f"move {self.directory} aside (or train with --no-resume, which does) to start the run "
+                  f"afresh")
+        return safe_torch_load(path, remedy, map_location=map_location, what="checkpoint")
 
     def set_aside(self, reason: str) -> Path | None:
         """Move the current checkpoints to ``previous/`` (keeping one generation) before a fresh start."""

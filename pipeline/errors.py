@@ -20,7 +20,13 @@ class ConfigError(Exception):
 
 
 class WeightsError(Exception):
-    """A final weights file (``weights/<run>.pth``) that is missing, corrupt or not one of ours.
+    """A weights file that is missing, corrupt, unsafe or not one of ours: the final weights
+    (``weights/<run>.pth``), an epoch checkpoint, a logged model's copy or pretrained weights.
 
-    The message names the file and says what to run (``dvc pull`` or ``dvc repro``).
+    Raised when the file holds objects other than tensors and plain containers (it is not
+    loaded, for safety: :func:`pipeline.weights_io.safe_torch_load`), when its zip or pickle is
+    broken, when its tensors do not match the digest written at save time (expected and actual
+    digest named), or when its weights do not fit the model it names (first mismatching key
+    named). The message names the file and says what to run (``dvc pull weights/<run>.pth`` or
+    ``dvc repro train@<run>``; for a checkpoint, how to start afresh).
     """

@@ -55,7 +55,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pipeline.config import load_params, run_id, training_seed
+from pipeline.config import load_params, run_id, split_run_id, training_seed
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
 from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv
@@ -70,47 +70,97 @@ from pipeline.errors import WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, logged_model_id, prepared_data_digest
 from pipeline.checkpoint import file_digest
+from pipeline.weights_io import DIGEST_KEY, safe_torch_load, verify_tensor_digest
 from pipeline.train import dataset_description
 
 
 #: what a weights file written by the train stage holds
-WEIGHTS_KEYS = ("model", "detector", "model_cfg", "config", "num_classes", "cat_ids")
+WEIGHTS_KEYS = ("model", "detector", "model_cfg", "config", "num_classes", "cat_ids", DIGEST_KEY)
+
+
+def weights_remedy(path: Path) -> str:
+    """What to run for a good copy of the weights file ``path`` (``weights/<run>.pth``): pull it
+    from the DVC remote, or train it again with its stage (``train@<run>``, or
+    ``train_ablation@<entry>-<seed>`` for a seeded run)."""
+    path = Path(path)
+    entry, seed = split_run_id(path.stem)
+    stage = f"train@{entry}" if seed is None else f"train_ablation@{entry}-{seed}"
+    return (f"get a good copy with `dvc pull weights/{path.name}` (from the DVC remote) "
+            f"or `dvc repro {stage}` (train it again)")
 
 
 def read_weights(path: Path) -> dict[str, Any]:
     """The contents of a final weights file, checked.
 
-    Raises :class:`~pipeline.errors.WeightsError` naming ``path`` and what to run when the
-    file is missing (not pulled, not trained), unreadable (a truncated or corrupt download) or
-    not a weights file of this repository.
+    The file is read with ``torch.load(weights_only=True)`` (:func:`pipeline.weights_io.safe_torch_load`:
+    nothing in it is run) and its tensors are checked against the digest written at save time
+    (:func:`pipeline.weights_io.verify_tensor_digest`).
+
+    Raises :class:`~pipeline.errors.WeightsError` naming ``path`` and what to run (``dvc pull
+    weights/<run>.pth`` or ``dvc repro train@<run>``) when the file is missing (not pulled, not
+    trained), unreadable (a truncated or corrupt download), holds objects other than tensors and
+    plain containers (refused for safety), is not a weights file of this repository, or its
+    tensors do not match their digest (expected and actual digest named).
     """
     path = Path(path)
-    remedy = "run `dvc pull` to fetch it from the remote, or `dvc repro` to train it"
+    remedy = weights_remedy(path)
     if not path.exists():
         raise WeightsError(f"{path}: no trained weights; {remedy}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # zip/pickle errors of a truncated or corrupt file
-        raise WeightsError(f"{path}: cannot read the weights ({type(e).__name__}: {e}); the file is corrupt or "
-                           f"incomplete; {remedy}") from e
+    state = safe_torch_load(path, remedy)
     missing = [k for k in WEIGHTS_KEYS if not isinstance(state, dict) or k not in state]
+    if missing == [DIGEST_KEY]:  # one of ours, from before the digest: verify_tensor_digest says so
+        missing = []
     if missing:
         raise WeightsError(f"{path}: not a weights file of the train stage (missing {missing}); {remedy}")
+    verify_tensor_digest(path, state, remedy)
     return state
+
+
+def first_state_dict_mismatch(expected: dict[str, torch.Tensor], given: dict[str, Any]) -> str | None:
+    """How ``given`` (a state dict from a file) fails to fit a model whose state dict is
+    ``expected``: the first mismatching key in the model's order (missing from the file, or of
+    another shape), else the first key the model does not have, with the counts of each kind;
+    None when every key and shape fits."""
+    missing = [k for k in expected if k not in given]
+    shape = [k for k in expected if k in given and isinstance(given[k], torch.Tensor)
+             and tuple(given[k].shape) != tuple(expected[k].shape)]
+    unexpected = [k for k in given if k not in expected]
+    if not (missing or shape or unexpected):
+        return None
+    first = next((k for k in expected if k in set(missing) | set(shape)), None)
+    if first is None:
+        what = f"key '{unexpected[0]}' is in the file but not in the model"
+    elif first in given:
+        what = (f"key '{first}' has shape {list(given[first].shape)} in the file, "
+                f"{list(expected[first].shape)} in the model")
+    else:
+        what = f"key '{first}' of the model is missing from the file"
+    return (f"first mismatch: {what} ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shape)} of another shape)")
 
 
 def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the detector from a final weights file (``weights/<run>.pth``) and load its
-    weights (eval mode). Errors as :func:`read_weights`."""
+    weights (eval mode). Errors as :func:`read_weights`; weights of another architecture than the
+    one the file names are a WeightsError naming the first mismatching key."""
     from models.build import build_model
 
+    checkpoint = Path(checkpoint)
     state = read_weights(checkpoint)
-    model = build_model(state["detector"], state["model_cfg"], state["num_classes"], load_pretrained=False)
+    remedy = weights_remedy(checkpoint)
+    try:
+        model = build_model(state["detector"], state["model_cfg"], state["num_classes"], load_pretrained=False)
+    except Exception as e:  # an unknown detector name or a configuration it cannot build
+        raise WeightsError(f"{checkpoint}: cannot build the model it names (detector {state['detector']!r}: "
+                           f"{type(e).__name__}: {e}); {remedy}") from e
+    mismatch = first_state_dict_mismatch(model.state_dict(), state["model"])
+    if mismatch is not None:
+        raise WeightsError(f"{checkpoint}: the weights are not those of the {state['detector']} model the file "
+                           f"names ({mismatch}); {remedy}")
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise WeightsError(f"{checkpoint}: the weights do not fit the model they name ({e}); "
-                           f"re-run `dvc repro` to train it again") from e
+        raise WeightsError(f"{checkpoint}: the weights do not fit the model they name ({e}); {remedy}") from e
     model.to(device).eval()
     return model, state
 

@@ -20,7 +20,10 @@ under ``torch.no_grad``. Written to ``DIR``:
   stem (``a.jpg``, ``a.png``) their pictures are named ``a_jpg.png`` and ``a_png.png``.
 
 A missing checkpoint or input, an unreadable checkpoint, an undecodable image or a folder
-without images ends the command with a message naming the file and exit status 2.
+without images ends the command with a message naming the file and exit status 2. The
+checkpoint is read with ``torch.load(weights_only=True)`` (a file holding anything but tensors and
+plain containers is refused, unrun) and its tensors are checked against the digest the train
+stage wrote into it (:func:`pipeline.evaluate.read_weights`).
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from tqdm import tqdm
 from pipeline.data.collate import collate_detection
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
 from pipeline.engine import resolve_device
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, WeightsError
 from pipeline.evaluate import load_trained_model
 from pipeline.logged_model import is_model_uri, load_logged_model
 from pipeline.evaluation import detections_to_coco, write_results
@@ -176,20 +179,23 @@ def predict_images(
 def load_checkpoint(checkpoint: Path | str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The detector and its state from a weights file (:func:`pipeline.evaluate.load_trained_model`)
     or from an MLflow model URI (``models:/<name>/<version>``, ``runs:/<id>/model``;
-    :func:`pipeline.logged_model.load_logged_model`), with a DataError naming it when it is
-    missing or is not a detector."""
+    :func:`pipeline.logged_model.load_logged_model`).
+
+    Either way the weights are read with ``torch.load(weights_only=True)`` and their tensor digest
+    is verified. Raises DataError naming the checkpoint when it is missing or the URI cannot be
+    resolved, and WeightsError naming the file when it holds objects other than tensors and plain
+    containers (refused for safety), is corrupt, fails its digest or does not fit its model."""
     if is_model_uri(str(checkpoint)):
         try:
             return load_logged_model(str(checkpoint), device)
+        except WeightsError:
+            raise
         except Exception as e:  # unknown name or version, unreachable store, not ours
             raise DataError(f"{checkpoint}: cannot load the logged model: {type(e).__name__}: {e}") from e
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint not found")
-    try:
-        return load_trained_model(checkpoint, device)
-    except Exception as e:  # unpickling and rebuilding arbitrary bytes can fail in any way
-        raise DataError(f"{checkpoint}: not a usable detector checkpoint: {type(e).__name__}: {e}") from e
+    return load_trained_model(checkpoint, device)
 
 
 def run_predict(
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         records = run_predict(args.checkpoint, args.input, args.out, args.score_thr, args.device, args.batch_size)
-    except (DataError, ConfigError) as e:
+    except (DataError, ConfigError, WeightsError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     print(f"[predict] wrote {len(records)} detections to {args.out / 'predictions.json'} and the pictures beside it",

@@ -9,6 +9,9 @@ MLflow run ``train/<run>`` (params, per-iteration losses and lr, timings, the cu
 artifact). The resumable epoch state goes to ``checkpoints/<run>/``, outside DVC's outputs:
 DVC neither deletes it before a run (so a killed run resumes) nor pushes it, and the run-cache
 stays on. The weights file holds no time or path, so an identical retrain gives it the same hash.
+It holds tensors and plain containers only (it loads with ``torch.load(weights_only=True)``) and
+the digest of its tensors, ``"tensor_sha256"`` (:func:`pipeline.weights_io.tensor_digest`), which
+evaluate and predict verify on load.
 
 The run is ``<model>`` trained with params ``seed``, or, with ``--seed K`` (the stages
 ``train_ablation@<entry>-<K>``, one per seed of params ``ablation_seeds``), ``<model>_seedK``
@@ -40,6 +43,7 @@ from pipeline.logged_model import log_and_register
 from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
+from pipeline.weights_io import DIGEST_KEY, tensor_digest
 
 
 def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
@@ -85,6 +89,34 @@ def dataset_description(manifest, split: str, num_images: int) -> str:
 
 def category_names(dataset) -> list[str]:
     return [c["name"] for c in dataset.coco.loadCats(list(dataset.cat_ids))]
+
+
+def final_weights(model_state: dict[str, torch.Tensor], cfg: dict[str, Any], cat_ids: list[int],
+                  names: list[str], iterations: int, fingerprint: str) -> dict[str, Any]:
+    """The content of a final weights file ``weights/<run>.pth``.
+
+    Tensors and plain containers only (it loads with ``torch.load(weights_only=True)``), no time
+    or path (an identical retrain gives the same bytes):
+
+    * ``model``: the state dict; ``tensor_sha256``: its :func:`pipeline.weights_io.tensor_digest`,
+      verified by evaluate and predict on load;
+    * ``detector``, ``model_cfg`` (``config["model"]``), ``config`` (the resolved model
+      configuration), ``num_classes``, ``cat_ids`` (the COCO id of each contiguous label),
+      ``categories`` (``[{"id", "name"}]``), ``iteration`` (iterations trained), ``fingerprint``
+      (of the configuration, seed and data).
+    """
+    return {
+        "model": model_state,
+        "detector": str(cfg["detector"]),
+        "model_cfg": cfg["model"],
+        "config": cfg,
+        "num_classes": len(cat_ids),
+        "cat_ids": [int(c) for c in cat_ids],
+        "categories": [{"id": int(c), "name": str(n)} for c, n in zip(cat_ids, names)],
+        "iteration": int(iterations),
+        "fingerprint": str(fingerprint),
+        DIGEST_KEY: tensor_digest(model_state),
+    }
 
 
 def run_training(
@@ -203,22 +235,13 @@ def run_training(
         result = trainer.train()
         metrics = result.metrics()
         if dist_info.is_main:
-            final = {
-                "model": model.state_dict(),
-                "detector": cfg["detector"],
-                "model_cfg": cfg["model"],
-                "config": cfg,
-                "num_classes": num_classes,
-                "cat_ids": list(dataset.cat_ids),
-                "categories": [{"id": c, "name": n} for c, n in zip(dataset.cat_ids, category_names(dataset))],
-                "iteration": result.iterations,
-                "fingerprint": fingerprint,
-            }
+            final = final_weights(model.state_dict(), cfg, list(dataset.cat_ids), category_names(dataset),
+                                  result.iterations, fingerprint)
             weights = weights_file(run, weights_root)
             atomic_torch_save(final, weights)
             tracker.set_tag("weights_sha256", file_digest(weights))
             if log_model and tracker.enabled:  # a copy in MLflow, registered as a new version of <run>
-                uri, model_id = log_and_register(tracker.run_id, model, final, run)
+                uri, model_id = log_and_register(tracker.run_id, weights, final, run)
                 tracker.set_tag("registered_model", uri)
                 tracker.set_tag("logged_model_id", model_id)
             out_dir = Path(metrics_root) / run

@@ -54,7 +54,7 @@ def test_predict_folder_writes_records_and_pictures(tiny_checkpoint, image_folde
     out = tmp_path / "out"
     predict_main(["--checkpoint", str(tiny_checkpoint), "--input", str(image_folder), "--out", str(out),
                   "--device", "cpu", "--batch-size", "2", "--score-thr", "0.0"])
-    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     records = json.loads((out / "predictions.json").read_text())
     names = sorted(INPUTS)
     assert {r["file_name"] for r in records} == set(names)  # every image, grayscale and RGBA included

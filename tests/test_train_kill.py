@@ -47,7 +47,7 @@ def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_m
     proc.wait()
     assert not (out / "ckpt" / f"{TINY_MODEL}.pth").exists()
     record = json.loads(latest.read_text())
-    state = torch.load(out / "ckpt" / TINY_MODEL / record["file"], weights_only=False)  # not truncated
+    state = torch.load(out / "ckpt" / TINY_MODEL / record["file"], weights_only=True)  # not truncated
     assert state["epoch"] == record["epoch"]
 
     # The store is intact and still readable after the kill (a SIGKILLed run stays RUNNING).
@@ -64,8 +64,8 @@ def test_sigkill_during_training_then_resume(tiny_prepared, tmp_path, isolated_m
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
     assert not list((out / "ckpt" / TINY_MODEL).glob(".*.tmp"))  # a temporary left by the kill is cleaned up
-    a = torch.load(tmp_path / "full" / "ckpt" / f"{TINY_MODEL}.pth", weights_only=False)["model"]
-    b = torch.load(out / "ckpt" / f"{TINY_MODEL}.pth", weights_only=False)["model"]
+    a = torch.load(tmp_path / "full" / "ckpt" / f"{TINY_MODEL}.pth", weights_only=True)["model"]
+    b = torch.load(out / "ckpt" / f"{TINY_MODEL}.pth", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after kill + resume"
     # one MLflow run for the whole training: continued, finished, every step once

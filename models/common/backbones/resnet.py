@@ -24,8 +24,10 @@ same kernel; a DCNv2 conv (masks ``sigmoid(0) = 0.5``) outputs half of it, as in
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -182,7 +184,8 @@ def _load_state_dict_source(pretrained: str) -> dict[str, Tensor]:
     ``torchvision://resnet50`` resolves to torchvision's ``IMAGENET1K_V1`` weights (the
     ones mmdetection's ``torchvision://resnet50`` meant), downloaded to the torch hub cache
     on first use. A file may hold the bare state dict or wrap it under ``state_dict`` or
-    ``model``.
+    ``model``; it is read with ``torch.load(weights_only=True)``, and one holding anything but
+    tensors and plain containers is refused with a :class:`pipeline.errors.WeightsError`.
     """
     if pretrained.startswith("torchvision://"):
         import torchvision
@@ -192,17 +195,32 @@ def _load_state_dict_source(pretrained: str) -> dict[str, Tensor]:
             weights_enum = torchvision.models.get_model_weights(name)
         except (KeyError, ValueError) as e:
             raise ValueError(f"pretrained={pretrained!r}: torchvision has no model named {name!r}") from e
-        try:
-            return weights_enum.IMAGENET1K_V1.get_state_dict(progress=False)
+        weights = weights_enum.IMAGENET1K_V1
+        try:  # torch.hub's loader is not weights-only by default: ask for it
+            return weights.get_state_dict(progress=False, weights_only=True)
+        except pickle.UnpicklingError:  # the cached download holds more than tensors: refuse it
+            from urllib.parse import urlparse
+
+            from pipeline.errors import WeightsError
+
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+            raise WeightsError(
+                f"{cached}: holds objects other than tensors and plain containers; it is not loaded, for "
+                f"safety: unpickling them could run code the file carries; delete it to download "
+                f"{weights.url} again") from None
         except Exception as e:  # network or cache failure: say what to do instead
             raise RuntimeError(
                 f"pretrained={pretrained!r}: could not fetch torchvision weights ({e}); download them "
                 "on a connected machine and pass the .pth file path instead"
             ) from e
-    try:
-        obj = torch.load(pretrained, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"pretrained backbone weights not found: {pretrained}") from e
+    from pipeline.weights_io import safe_torch_load  # the pipeline's loader: weights_only, WeightsError
+
+    if not Path(pretrained).is_file():
+        raise FileNotFoundError(f"pretrained backbone weights not found: {pretrained}")
+    # torch.load(weights_only=True): a file holding anything but tensors and plain containers is
+    # refused (WeightsError naming it), never unpickled
+    obj = safe_torch_load(pretrained, remedy="pass a torchvision-format state dict (tensors only), e.g. the "
+                          "output of the pretrain stage or torchvision's weights", what="pretrained weights")
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
