@@ -326,6 +326,8 @@ def test_presets_follow_the_dense_table_rows(row):
             assert head["loss_sem_weight"] == 1.0 and head["shared_stacked_convs"] == 1
         sched, data = paper["schedule"], paper["data"]
         assert data["with_masks"] and entry["scales"]["cpu"]["data"]["with_masks"]
+        cpu_head = entry["scales"]["cpu"]["model"]["bbox_head"]  # 81 points at CPU scale, 729 on paper
+        assert cpu_head["num_points"] == 81 and cpu_head["num_group"] == 9 and cpu_head["num_score_group"] == 121
         if row.endswith("3x"):
             assert (sched["epochs"], sched["lr_steps"]) == (36, [24, 33])
             assert data["train_scales"] == [[1333, 480], [1333, 960]] and data["multiscale_mode"] == "range"

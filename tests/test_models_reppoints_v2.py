@@ -374,7 +374,8 @@ def test_table_presets_follow_the_readme_rows(row):
                 (64, 4) if row.startswith("x101") else (1, 64))
             assert ("dcn" in backbone) == ("dcn" in row)
         cpu = entry["scales"]["cpu"]
-        assert cpu["schedule"] == PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"]
+        assert cpu["schedule"] == {**PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"],
+                                   "lr": 0.01, "epochs": 4, "lr_steps": [3.4]}
     model = build_model("reppoints_v2", PRESETS[f"reppoints_v2_{row}"]["scales"]["paper"]["model"], 80,
                         load_pretrained=False)
     head = model.bbox_head
