@@ -25,20 +25,26 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, short_repr
 from pipeline.paths import PARAMS_FILE
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Load ``params.yaml``; raise :class:`ConfigError` naming the file on a YAML error."""
+    """Load ``params.yaml``; raise :class:`ConfigError` naming the file when it is missing or
+    unreadable, not valid YAML (including bytes that are not UTF-8 or UTF-16), nested too deeply,
+    or not a mapping."""
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:  # bytes: YAML's reader detects the encoding and names bad bytes
             params = yaml.safe_load(f)
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: parameters file not found") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path}: YAML nested too deeply to read") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the parameters file: {e}") from e
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(params).__name__}")
     return params
@@ -68,6 +74,20 @@ RUN_SECTIONS = ("models", "ablations")
 DEFAULT_ABLATION_SEEDS: tuple[int, ...] = (0,)
 
 _SEEDED = re.compile(r"(?P<entry>.+)_seed(?P<seed>[0-9]+)")
+
+
+def section_entries(params: dict[str, Any], section: str) -> dict[str, Any]:
+    """``params[section]`` (``models`` or ``ablations``): a mapping of entry name to entry, empty
+    when absent or null. Raises :class:`ConfigError` when it is anything but a mapping with
+    string names."""
+    entries = params.get(section) or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"params.yaml: '{section}' must be a mapping of entry name to entry, "
+                          f"got {type(entries).__name__}")
+    for name in entries:
+        if not isinstance(name, str):
+            raise ConfigError(f"params.yaml: {section}: entry name {short_repr(name)} is not a string")
+    return entries
 
 
 def run_id(entry: str, seed: int | None = None) -> str:
@@ -124,12 +144,12 @@ def run_section(params: dict[str, Any], name: str) -> str:
 
     Raises :class:`ConfigError` when neither or both hold it, or the name ends in ``_seed<k>``.
     """
-    found = [s for s in RUN_SECTIONS if name in (params.get(s) or {})]
+    found = [s for s in RUN_SECTIONS if name in section_entries(params, s)]
     if len(found) > 1:
         raise ConfigError(f"params.yaml: {name!r} is defined under both 'models' and 'ablations'; "
                           f"run names must be unique across the two")
     if not found:
-        have = {s: sorted(params.get(s) or {}) for s in RUN_SECTIONS}
+        have = {s: sorted(section_entries(params, s)) for s in RUN_SECTIONS}
         raise ConfigError(f"params.yaml: no model named {name!r} under 'models' or 'ablations' (have: {have})")
     check_entry_name(found[0], name)
     return found[0]
@@ -143,7 +163,7 @@ def run_entries(params: dict[str, Any], sections: tuple[str, ...] = RUN_SECTIONS
     """
     out: dict[str, tuple[str, dict]] = {}
     for section in sections:
-        for name, entry in (params.get(section) or {}).items():
+        for name, entry in section_entries(params, section).items():
             if name in out:
                 run_section(params, name)  # raises, naming it
             check_entry_name(section, name)
@@ -186,32 +206,96 @@ def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     is no part of the configuration).
 
     Returns a dict with keys ``preset``, ``scale``, ``detector``, ``model``, ``data`` and
-    ``schedule``.
+    ``schedule``. Raises :class:`ConfigError` naming the entry (and the key) for an unknown
+    entry or preset, a scale the preset lacks, or overrides :func:`check_overrides` refuses.
     """
     from models.presets import PRESETS
 
-    if not any(name in (params.get(s) or {}) for s in RUN_SECTIONS):  # a run id: its entry's
+    if not any(name in section_entries(params, s) for s in RUN_SECTIONS):  # a run id: its entry's
         name = split_run_id(name)[0]
     section = run_section(params, name)
     entry = params[section][name] or {}
+    where = f"params.yaml: {section}.{name}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with preset, scale and overrides, got {type(entry).__name__}")
     preset_name = entry.get("preset")
-    if preset_name not in PRESETS:
+    if not isinstance(preset_name, str) or preset_name not in PRESETS:
         raise ConfigError(
-            f"params.yaml: {section}.{name}.preset = {preset_name!r} is not a known preset "
+            f"{where}.preset = {short_repr(preset_name)} is not a known preset "
             f"(known: {sorted(PRESETS)})"
         )
     scale = entry.get("scale", "cpu")
     preset = PRESETS[preset_name]
-    if scale not in preset["scales"]:
+    if not isinstance(scale, str) or scale not in preset["scales"]:
         raise ConfigError(
-            f"params.yaml: {section}.{name}.scale = {scale!r}; preset {preset_name} has {sorted(preset['scales'])}"
+            f"{where}.scale = {short_repr(scale)}; preset {preset_name} has {sorted(preset['scales'])}"
         )
+    overrides = entry.get("overrides")
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ConfigError(f"{where}.overrides must be a mapping, got {type(overrides).__name__}")
+    check_overrides(preset["scales"][scale], overrides or {}, f"{where}.overrides")
     check_code_fields(section, name, entry, preset["detector"])
-    cfg = deep_merge(preset["scales"][scale], entry.get("overrides"))
+    cfg = deep_merge(preset["scales"][scale], overrides)
     cfg["preset"] = preset_name
     cfg["scale"] = scale
     cfg["detector"] = preset["detector"]
     return cfg
+
+
+def _kind(value: Any) -> str:
+    """The kind of a configuration value an override must keep: mapping, list, bool, number, str."""
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+#: Keys an override may add although no preset has them, with the kind of their value: they are
+#: read with a default by the code (:class:`pipeline.engine.Trainer`'s schedule).
+OPTIONAL_KEYS: dict[tuple[str, ...], str] = {
+    ("schedule", "max_iters"): "number",  # train for this many iterations instead of epochs
+    ("schedule", "sync_bn"): "bool",  # SyncBN under DDP
+}
+
+
+def check_overrides(base: dict[str, Any], overrides: dict[str, Any], where: str,
+                    path: tuple[str, ...] = ()) -> None:
+    """Refuse overrides that name a key the preset does not have or change a value's kind.
+
+    Every key of ``overrides`` must exist in ``base`` (the preset's configuration at its
+    scale) at the same place, or be one of :data:`OPTIONAL_KEYS`, and its value must be of the
+    same kind as the preset's (:func:`_kind`: a mapping stays a mapping, a number a number,
+    ...); a key whose preset value is null, and an optional key set to null, take any value.
+    Mappings are checked recursively (``path``: the keys above ``base``). ``where`` (e.g.
+    ``params.yaml: models.m.overrides``) starts the :class:`ConfigError` message, which names
+    the full key.
+    """
+    for key, value in overrides.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {short_repr(key)} is not a string")
+        here = f"{where}.{key}"
+        optional = OPTIONAL_KEYS.get((*path, key))
+        if key not in base and optional is None:
+            raise ConfigError(f"{here}: unknown key (the preset has: {sorted(map(str, base))})")
+        if key not in base:
+            if value is not None and _kind(value) != optional:
+                raise ConfigError(f"{here} = {short_repr(value)}: expected a {optional}")
+            continue
+        old = base[key]
+        if old is None:
+            continue
+        if _kind(value) != _kind(old):
+            raise ConfigError(f"{here} = {short_repr(value)}: expected a {_kind(old)}, like the preset's "
+                              f"{short_repr(old)}")
+        if isinstance(value, dict):
+            check_overrides(old, value, here, (*path, key))
 
 
 def check_code_fields(section: str, name: str, entry: dict[str, Any], detector: str) -> None:

@@ -5,6 +5,8 @@ can go straight to the broken annotation or image.
 """
 from __future__ import annotations
 
+from typing import Any
+
 
 class DataError(Exception):
     """Bad input data: a malformed annotation file, a missing or undecodable image,
@@ -30,3 +32,13 @@ class WeightsError(Exception):
     named). The message names the file and says what to run (``dvc pull weights/<run>.pth`` or
     ``dvc repro train@<run>``; for a checkpoint, how to start afresh).
     """
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that quote a value read from a
+    user's file (which may be enormous, or an integer too long for ``repr``)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int beyond Python's digit limit; very deep nesting
+        text = f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,8 +19,10 @@ under ``torch.no_grad``. Written to ``DIR``:
   image (upscaled when small, see :mod:`pipeline.visualize`). When two inputs share a
   stem (``a.jpg``, ``a.png``) their pictures are named ``a_jpg.png`` and ``a_png.png``.
 
-A missing checkpoint or input, an unreadable checkpoint, an undecodable image or a folder
-without images ends the command with a message naming the file and exit status 2. The
+A missing checkpoint or input, an unreadable checkpoint, an undecodable image (zero-byte,
+truncated, not JPEG/PNG, or declaring more than :data:`pipeline.data.images.MAX_IMAGE_PIXELS`
+pixels) or a folder without images ends the command with a message naming the file and exit
+status 2, and writes nothing into ``--out`` (outputs are staged and moved in at the end). The
 checkpoint is read with ``torch.load(weights_only=True)`` (a file holding anything but tensors and
 plain containers is refused, unrun) and its tensors are checked against the digest the train
 stage wrote into it (:func:`pipeline.evaluate.read_weights`).
@@ -28,7 +30,10 @@ stage wrote into it (:func:`pipeline.evaluate.read_weights`).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,10 +41,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.collate import collate_detection
+from pipeline.data.images import decode_rgb, read_image_size
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
 from pipeline.engine import resolve_device
 from pipeline.errors import ConfigError, DataError, WeightsError
@@ -75,12 +80,10 @@ def output_names(paths: Sequence[Path]) -> list[str]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file as uint8 [H, W, 3] RGB; DataError naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image: {e}") from e
+    """Decode an image file as uint8 [H, W, 3] RGB (:func:`pipeline.data.images.decode_rgb`:
+    JPEG or PNG; grayscale, palette, RGBA, CMYK and 16-bit images converted); DataError naming
+    the file if it is missing, truncated, undecodable or declares too many pixels."""
+    return np.array(decode_rgb(path))
 
 
 def build_test_transforms(data_cfg: dict[str, Any]) -> DetectionTransforms:
@@ -208,9 +211,12 @@ def run_predict(
 ) -> list[dict[str, Any]]:
     """Predict ``source`` with ``checkpoint``; write ``out_dir``/predictions.json and one PNG per image.
 
-    Returns the COCO result records written to predictions.json.
+    Returns the COCO result records written to predictions.json. Nothing is written to
+    ``out_dir`` unless every image was predicted (outputs are staged and moved in at the end).
     """
     paths = list_images(source)
+    for p in paths:  # refuse unreadable headers (zero-byte, not JPEG/PNG, huge) before loading a model
+        read_image_size(p)
     try:
         dev = resolve_device(device)
     except RuntimeError as e:
@@ -219,10 +225,19 @@ def run_predict(
     out_dir = Path(out_dir)
     names = output_names(paths)
     records: list[dict[str, Any]] = []
-    for result in iter_predictions(model, state, paths, dev, score_thr=score_thr, batch_size=batch_size):
-        records.extend(result["records"])
-        save_png(result["picture"], out_dir / names[result["image_id"]])
-    write_results(records, out_dir / "predictions.json")
+    # Everything is written into a staging folder and moved into out_dir only once every image
+    # has been predicted, so an image that fails to decode half-way leaves no partial output.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".predict-", dir=out_dir))
+    try:
+        for result in iter_predictions(model, state, paths, dev, score_thr=score_thr, batch_size=batch_size):
+            records.extend(result["records"])
+            save_png(result["picture"], staging / names[result["image_id"]])
+        write_results(records, staging / "predictions.json")
+        for name in [*names, "predictions.json"]:  # predictions.json last: its presence means complete
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return records
 
 

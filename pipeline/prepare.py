@@ -21,6 +21,7 @@ printed and stored in the manifest.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -31,25 +32,54 @@ from pipeline.config import load_params
 from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, prepare_coco
 from pipeline.data.manifest import Manifest, SplitInfo, load_manifest, write_manifest
 from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, short_repr
 from pipeline.paths import PARAMS_FILE, PREPARED_DIR, workspace_root
 
 MANIFEST_NAME = "manifest.json"
 
 
+def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number (not a bool) whose float is finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
 def summarize_split(split: SplitInfo) -> dict[str, Any]:
-    """Images, instances (non-crowd), crowd regions and area-range histogram of one split."""
+    """Images, instances (non-crowd), crowd regions and area-range histogram of one split.
+
+    Raises :class:`DataError` naming the file (and the annotation) when it is not a COCO
+    object with lists of images and annotations, or an annotation's ``area`` is not a number.
+    """
     data = load_json_file(split.ann_file)
+    if not isinstance(data, dict):
+        raise DataError(f"{split.ann_file}: expected a JSON object at the top level, got {type(data).__name__}")
+    images = data.get("images", [])
     anns = data.get("annotations", []) if split.has_annotations else []
+    for key, value in (("images", images), ("annotations", anns)):
+        if not isinstance(value, list):
+            raise DataError(f"{split.ann_file}: '{key}' must be a list, got {type(value).__name__}")
     hist = {"small": 0, "medium": 0, "large": 0}
-    for a in anns:
-        if not a.get("iscrowd", 0):
-            hist[("small", "medium", "large")[area_range(float(a.get("area", 0.0)))]] += 1
+    crowd = 0
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise DataError(f"{split.ann_file}: annotation #{i} is not an object")
+        area = a.get("area", 0.0)
+        if not _finite_number(area):
+            raise DataError(f"{split.ann_file}: annotation {short_repr(a.get('id', f'#{i}'))} has area "
+                            f"{short_repr(area)}; need a finite number")
+        if a.get("iscrowd", 0):
+            crowd += 1
+        else:
+            hist[("small", "medium", "large")[area_range(float(area))]] += 1
     return {
-        "images": len(data.get("images", [])),
+        "images": len(images),
         "has_annotations": split.has_annotations,
         "instances": sum(hist.values()),
-        "crowd": sum(1 for a in anns if a.get("iscrowd", 0)),
+        "crowd": crowd,
         "area_hist": hist,
     }
 

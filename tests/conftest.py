@@ -1,10 +1,24 @@
-"""Shared fixtures: an MLflow store per test session (never the repository's), tiny data."""
+"""Shared fixtures: an MLflow store per test session (never the repository's), tiny data;
+the hypothesis settings profiles of the fuzz tests (tests/test_fuzz_inputs.py)."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Fuzz tests (tests/README.md): "ci" (the default) runs a fixed, small set of examples per target
+# (derandomized: every run draws the same inputs); HYPOTHESIS_PROFILE=long draws thousands of
+# fresh random ones. The deadline bounds each example (a hang is a failure); it is generous
+# because CI machines are slow and shared.
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
+settings.register_profile("ci", max_examples=60, deadline=timedelta(seconds=5), derandomize=True, database=None,
+                          suppress_health_check=_FUZZ_HEALTH, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=timedelta(seconds=10), derandomize=False,
+                          database=None, suppress_health_check=_FUZZ_HEALTH, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO / "tests" / "data" / "coco_mini"

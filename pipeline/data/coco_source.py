@@ -27,7 +27,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.errors import DataError
+from pipeline.data.images import read_image_size
+from pipeline.errors import DataError, short_repr
 
 COCO_ARCHIVES: list[dict[str, Any]] = [
     {"url": "http://images.cocodataset.org/zips/train2017.zip", "md5": "cced6f7f71b7629ddf16f17bbcfab6b2", "extract": True},
@@ -65,7 +66,9 @@ def missing_coco_items(root: Path) -> list[str]:
 
 
 def load_json_file(path: Path) -> Any:
-    """Parse a JSON file; raise :class:`DataError` naming the file (and line/column) on failure."""
+    """Parse a JSON file; raise :class:`DataError` naming the file (and line/column) on failure:
+    a missing or unreadable file, malformed JSON, text that is not UTF-8, an integer literal
+    beyond Python's digit limit, nesting deeper than the parser's recursion limit."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -76,6 +79,10 @@ def load_json_file(path: Path) -> Any:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+        raise DataError(f"{path}: unusable JSON: {e}") from e
+    except RecursionError as e:
+        raise DataError(f"{path}: JSON nested too deeply to parse") from e
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from e
 
@@ -86,7 +93,8 @@ def check_coco_tree(root: Path, validate_json: bool = True) -> None:
     Checks, in order: every image directory and annotation file exists (all missing ones
     are listed); each annotation file parses as JSON (file, line and column on failure)
     and is a JSON object with its required keys; a few of the images it names (first,
-    middle, last) exist in its image directory. ``validate_json=False`` skips parsing (the
+    middle, last) exist in its image directory, are JPEG or PNG files and have the size their
+    record gives (read from the header; :func:`pipeline.data.images.read_image_size`). ``validate_json=False`` skips parsing (the
     train annotations take ~20 s to parse).
     """
     root = Path(root)
@@ -110,11 +118,18 @@ def check_coco_tree(root: Path, validate_json: bool = True) -> None:
             raise DataError(f"{path}: 'images' must be a non-empty list")
         for rec in (images[0], images[len(images) // 2], images[-1]):
             if not isinstance(rec, dict) or "file_name" not in rec or "id" not in rec:
-                raise DataError(f"{path}: image record without 'id'/'file_name': {str(rec)[:200]}")
-            if not (root / img_dir / rec["file_name"]).is_file():
-                raise DataError(
-                    f"{path}: image id {rec['id']} names {rec['file_name']}, which is not in {root / img_dir}"
-                )
+                raise DataError(f"{path}: image record without 'id'/'file_name': {short_repr(rec, 200)}")
+            ident = f"image id {short_repr(rec['id'], 200)}"
+            name = rec["file_name"]
+            if not isinstance(name, str) or not name or "\0" in name:
+                raise DataError(f"{path}: {ident} has file_name {short_repr(name, 200)}; need a file name")
+            image = root / img_dir / name
+            if not image.is_file():
+                raise DataError(f"{path}: {ident} names {name}, which is not in {root / img_dir}")
+            width, height = read_image_size(image, record=f"{ident}, listed in {path}")
+            if (rec.get("width"), rec.get("height")) != (width, height):
+                raise DataError(f"{image}: header says {width}x{height}, but {ident} in {path} records "
+                                f"{short_repr(rec.get('width'), 200)}x{short_repr(rec.get('height'), 200)}")
 
 
 def is_online(url: str, timeout: float = 3.0) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from pipeline.data.coco_source import load_json_file
+from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb
 from pipeline.data.manifest import SplitInfo
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, short_repr
 
 _IMAGE_KEYS = ("id", "file_name", "height", "width")
 _ANN_KEYS = ("id", "image_id", "category_id", "bbox")
@@ -41,20 +42,86 @@ class _ImageTargets:
     ignore_boxes: np.ndarray  # float32 [M, 4] xyxy, iscrowd regions
 
 
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a JSON number (not a bool) whose float is finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _is_id(value: Any) -> bool:
+    """Whether ``value`` is a usable COCO id: an int (not a bool) within int64."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < (1 << 63)
+
+
+def _rle_counts(counts: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``, in Python).
+
+    Raises ValueError for a character outside the encoding or a string that ends inside a number.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise ValueError("compressed RLE ends inside a number")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"compressed RLE holds {counts[p]!r}, outside its alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def _check_rle(segmentation: dict[str, Any], height: int, width: int) -> None:
+    """Raise ValueError unless the RLE's run lengths are non-negative and cover height x width
+    pixels exactly (pycocotools' decoder writes past its buffer otherwise)."""
+    counts = segmentation["counts"]
+    if isinstance(counts, list):
+        if not all(_is_id(c) for c in counts):
+            raise ValueError("uncompressed RLE counts must be integers")
+        runs = counts
+    elif isinstance(counts, str):
+        runs = _rle_counts(counts)
+    else:
+        raise ValueError(f"RLE counts must be a list or a string, got {type(counts).__name__}")
+    if any(r < 0 for r in runs) or sum(runs) != height * width:
+        raise ValueError(f"RLE run lengths do not cover the {width}x{height} image exactly")
+
+
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """Decode a COCO segmentation (polygons, uncompressed or compressed RLE) to uint8 [height, width].
 
     Polygons with fewer than 3 points are ignored. Raises ValueError for an unusable
-    segmentation (no valid polygon, an RLE of another size, an unknown format).
+    segmentation (no valid polygon, a coordinate that is not a finite number or lies far
+    outside the image, an RLE of another size or whose runs do not cover the image, an
+    unknown format): these never reach pycocotools' C code, which trusts its input.
     """
     if isinstance(segmentation, list):
         polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
         if not polys:
             raise ValueError("no polygon with at least 3 points")
-        rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+        reach = 2 * max(height, width)  # rasterising walks every pixel between two points
+        for p in polys:
+            if not all(_finite(v) and -reach <= v <= reach for v in p):
+                raise ValueError(f"polygon coordinates must be finite numbers within [-{reach}, {reach}]")
+        rle = mask_utils.merge(mask_utils.frPyObjects([[float(v) for v in p] for p in polys], height, width))
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
-        if list(segmentation["size"]) != [height, width]:
-            raise ValueError(f"RLE size {segmentation['size']} differs from the image size {[height, width]}")
+        size = segmentation["size"]
+        if not isinstance(size, list) or size != [height, width]:
+            raise ValueError(f"RLE size {size!r} differs from the image size {[height, width]}")
+        _check_rle(segmentation, height, width)
         if isinstance(segmentation["counts"], list):
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
@@ -75,8 +142,21 @@ def _require_keys(records: Any, keys: tuple[str, ...], what: str, ann_file: Path
             raise DataError(f"{ann_file}: {what} #{i} is not an object")
         absent = [k for k in keys if k not in rec]
         if absent:
-            ident = f"{what} id {rec['id']}" if "id" in rec else f"{what} #{i}"
+            ident = f"{what} id {short_repr(rec['id'])}" if "id" in rec else f"{what} #{i}"
             raise DataError(f"{ann_file}: {ident} lacks required key(s) {absent}")
+
+
+def _check_image_record(img: dict[str, Any], i: int, ann_file: Path) -> None:
+    """Refuse an image record whose id, file_name, width or height is unusable, naming it."""
+    if not _is_id(img["id"]):
+        raise DataError(f"{ann_file}: image #{i} has id {short_repr(img['id'])}; need an integer")
+    name = img["file_name"]
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise DataError(f"{ann_file}: image id {img['id']} has file_name {short_repr(name)}; need a file name")
+    w, h = img["width"], img["height"]
+    if not (_is_id(w) and _is_id(h) and w >= 1 and h >= 1 and w * h <= MAX_IMAGE_PIXELS):
+        raise DataError(f"{ann_file}: image id {img['id']} has width {short_repr(w)} and height {short_repr(h)}; need "
+                        f"positive integers of at most {MAX_IMAGE_PIXELS} pixels together")
 
 
 def load_coco_json(ann_file: Path) -> COCO:
@@ -101,22 +181,44 @@ def load_coco_json(ann_file: Path) -> COCO:
     _require_keys(anns, _ANN_KEYS, "annotation", ann_file)
 
     image_ids: set[int] = set()
-    for img in data["images"]:
+    for i, img in enumerate(data["images"]):
+        _check_image_record(img, i, ann_file)
         if img["id"] in image_ids:
             raise DataError(f"{ann_file}: duplicate image id {img['id']}")
         image_ids.add(img["id"])
-    cat_ids = {c["id"] for c in data["categories"]}
-    for a in anns:
+    cat_ids: set[int] = set()
+    for i, c in enumerate(data["categories"]):
+        if not _is_id(c["id"]):
+            raise DataError(f"{ann_file}: category #{i} has id {short_repr(c['id'])}; need an integer")
+        if not isinstance(c["name"], str):
+            raise DataError(f"{ann_file}: category id {c['id']} has name {short_repr(c['name'])}; need a string")
+        if c["id"] in cat_ids:
+            raise DataError(f"{ann_file}: duplicate category id {c['id']}")
+        cat_ids.add(c["id"])
+    ann_ids: set[int] = set()
+    for i, a in enumerate(anns):
+        for key in ("id", "image_id", "category_id"):
+            if not _is_id(a[key]):
+                ident = f"annotation id {a['id']}" if key != "id" else f"annotation #{i}"
+                raise DataError(f"{ann_file}: {ident} has {key} {short_repr(a[key])}; need an integer")
+        if a["id"] in ann_ids:
+            raise DataError(f"{ann_file}: duplicate annotation id {a['id']}")
+        ann_ids.add(a["id"])
         if a["category_id"] not in cat_ids:
             raise DataError(
                 f"{ann_file}: annotation id {a['id']} (image id {a['image_id']}) has unknown category id "
-                f"{a['category_id']} (known: {sorted(cat_ids)})"
+                f"{a['category_id']} (known: {sorted(cat_ids)[:20]})"
             )
         if a["image_id"] not in image_ids:
             raise DataError(f"{ann_file}: annotation id {a['id']} references unknown image id {a['image_id']}")
         bbox = a["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise DataError(f"{ann_file}: annotation id {a['id']} has a malformed bbox {bbox!r} (need [x, y, w, h])")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
+            raise DataError(f"{ann_file}: annotation id {a['id']} has a malformed bbox {short_repr(bbox)} "
+                            f"(need [x, y, w, h], four finite numbers)")
+        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd", 0), float):
+            raise DataError(f"{ann_file}: annotation id {a['id']} has iscrowd {short_repr(a.get('iscrowd'))}; need 0 or 1")
+        if "area" in a and not _finite(a["area"]):
+            raise DataError(f"{ann_file}: annotation id {a['id']} has area {short_repr(a['area'])}; need a finite number")
 
     coco = COCO()
     coco.dataset = data
@@ -228,23 +330,16 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         return t.boxes, t.labels, t.ignore_boxes
 
     def load_image(self, idx: int) -> np.ndarray:
-        """Decode image ``idx`` as uint8 [H0, W0, 3] RGB (grayscale, RGBA and palette images are converted)."""
+        """Decode image ``idx`` as uint8 [H0, W0, 3] RGB (:func:`pipeline.data.images.decode_rgb`:
+        grayscale, palette, RGBA, CMYK and 16-bit images are converted; the size recorded in the
+        annotation file is checked against the header before any pixel is decoded)."""
         image_id = self.ids[idx]
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
         if not path.is_file():
             raise DataError(f"{path}: image file not found (image id {image_id}, listed in {self.ann_file})")
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path}: cannot decode image (image id {image_id}): {e}") from e
-        if image.shape[:2] != (info["height"], info["width"]):
-            raise DataError(
-                f"{path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the "
-                f"{info['width']}x{info['height']} recorded for image id {image_id} in {self.ann_file}"
-            )
-        return image
+        return decode_rgb(path, record=f"image id {image_id}, listed in {self.ann_file}",
+                          expected_size=(info["width"], info["height"]))
 
     def _masks(self, t: _ImageTargets, height: int, width: int) -> np.ndarray:
         """Instance masks uint8 [N, height, width] of the valid non-crowd annotations."""
@@ -253,8 +348,9 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
             ann = self.coco.anns[ann_id]
             try:
                 masks[i] = decode_segmentation(ann.get("segmentation"), height, width)
-            except (ValueError, TypeError) as e:
-                raise DataError(f"{self.ann_file}: annotation id {ann_id}: unusable segmentation: {e}") from e
+            except (ValueError, TypeError, OverflowError) as e:
+                raise DataError(f"{self.ann_file}: annotation id {ann_id} (image id {self.coco.anns[ann_id]['image_id']}): "
+                                f"unusable segmentation: {e}") from e
         return masks
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError
+from pipeline.errors import DataError, short_repr
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "minival", "test-dev")
 MANIFEST_VERSION = 1
@@ -104,28 +104,56 @@ def write_manifest(
     os.replace(tmp, path)
 
 
+def _entry_path(value: Any, path: Path, name: str, key: str) -> str:
+    """A manifest path entry: a non-empty string without NUL; DataError naming the split otherwise."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise DataError(f"{path}: split {name!r} has {key} {short_repr(value)}; need a path string")
+    return value
+
+
 def load_manifest(path: Path) -> Manifest:
     """Read a manifest; relative paths resolve against its directory.
 
-    Raises :class:`DataError` naming the file when it is missing, not JSON (line/column),
-    or lacks a key.
+    Raises :class:`DataError` naming the file (and the split) when it is missing or unreadable,
+    not UTF-8 JSON (line/column), not an object with ``source`` and ``splits``, or a split
+    lacks a key or holds a value of the wrong type (paths are strings, ``has_annotations`` a
+    bool, split names among :data:`SPLIT_NAMES`).
     """
     path = Path(path)
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             doc = json.load(f)
     except FileNotFoundError as e:
         raise DataError(f"{path}: manifest not found; run the prepare stage (python -m pipeline.prepare)") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except ValueError as e:  # e.g. an integer literal beyond Python's digit limit
+        raise DataError(f"{path}: unusable JSON: {e}") from e
+    except RecursionError as e:
+        raise DataError(f"{path}: JSON nested too deeply to parse") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the manifest: {e}") from e
     if not isinstance(doc, dict) or "source" not in doc or not isinstance(doc.get("splits"), dict):
         raise DataError(f"{path}: not a manifest (needs 'source' and a 'splits' object)")
+    if not isinstance(doc["source"], str):
+        raise DataError(f"{path}: 'source' must be a string such as 'synthetic' or 'coco'")
+    summary = doc.get("summary") or {}
+    if not isinstance(summary, dict):
+        raise DataError(f"{path}: 'summary' must be an object, got {type(summary).__name__}")
     base = path.parent
     splits: dict[str, SplitInfo] = {}
     for name, entry in doc["splits"].items():
+        if name not in SPLIT_NAMES:
+            raise DataError(f"{path}: unknown split name {short_repr(name)} (expected one of {SPLIT_NAMES})")
         try:
             ann_file, img_dir, has_ann = entry["ann_file"], entry["img_dir"], entry["has_annotations"]
         except (KeyError, TypeError) as e:
             raise DataError(f"{path}: split {name!r} lacks key {e} (needs ann_file, img_dir, has_annotations)") from e
-        splits[name] = SplitInfo(name, base / ann_file, base / img_dir, bool(has_ann))
-    return Manifest(path=path, source=str(doc["source"]), splits=splits, summary=dict(doc.get("summary") or {}))
+        if not isinstance(has_ann, bool):
+            raise DataError(f"{path}: split {name!r} has has_annotations {short_repr(has_ann)}; need true or false")
+        ann_file = _entry_path(ann_file, path, name, "ann_file")
+        img_dir = _entry_path(img_dir, path, name, "img_dir")
+        splits[name] = SplitInfo(name, base / ann_file, base / img_dir, has_ann)
+    return Manifest(path=path, source=doc["source"], splits=splits, summary=dict(summary))
