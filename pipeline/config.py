@@ -31,7 +31,8 @@ from pipeline.paths import PARAMS_FILE
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Load ``params.yaml``; raise :class:`ConfigError` naming the file when it is missing or
-    unreadable, not valid YAML (including bytes that are not UTF-8 or UTF-16), nested too deeply,
+    unreadable, not valid YAML (including bytes that are not UTF-8 or UTF-16, a ``\\U`` escape beyond
+    U+10FFFF, an integer of more than 4300 digits), nested too deeply,
     or not a mapping."""
     path = Path(path)
     try:
@@ -43,6 +44,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: YAML nested too deeply to read") from e
+    except ValueError as e:  # PyYAML's own: an escape beyond U+10FFFF, an integer beyond Python's digit limit
+        raise ConfigError(f"{path}: not valid YAML: {short_repr(str(e), 300)}") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the parameters file: {e}") from e
     if not isinstance(params, dict):

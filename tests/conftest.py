@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 _FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 settings.register_profile("ci", max_examples=60, deadline=timedelta(seconds=5), derandomize=True, database=None,
                           suppress_health_check=_FUZZ_HEALTH, print_blob=True)
-settings.register_profile("long", max_examples=2000, deadline=timedelta(seconds=10), derandomize=False,
+settings.register_profile("long", max_examples=20000, deadline=timedelta(seconds=10), derandomize=False,
                           database=None, suppress_health_check=_FUZZ_HEALTH, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -45,7 +45,7 @@ from models.presets import PRESETS
 from pipeline.config import load_params, resolve_model_config
 from pipeline.data.coco_source import check_coco_tree
 from pipeline.data.dataset import CocoDetectionDataset
-from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb
+from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb, read_image_size
 from pipeline.data.manifest import SPLIT_NAMES, load_manifest
 from pipeline.errors import ConfigError, DataError
 from tests.data_fixtures import build_coco_tree
@@ -404,6 +404,10 @@ def test_image_decoding_in_predict(fuzz_dir: Path, case: tuple[bytes, int, int, 
     path = fuzz_dir / "predict_input.png"
     path.write_bytes(raw)
     image = refused_or_none(lambda: read_rgb(path), (DataError,), [str(path)])
+    if image is not None and mutation == "flip":
+        # No annotation constrains predict's input: a flipped header byte may declare another
+        # size, and then the picture must have the size its header declares.
+        w, h = read_image_size(path)
     _check_decoded(image, w, h, mutation)
     if image is not None and mode == "I;16" and mutation == "none":
         with Image.open(path) as im:
@@ -490,3 +494,31 @@ def test_predict_writes_nothing_when_an_image_fails_halfway(tmp_path: Path, monk
     shutil.copy(source / "a.png", source / "b.png")  # the same folder, repaired, goes through
     records = predict.run_predict(tmp_path / "weights.pth", source, out, device="cpu", batch_size=1)
     assert records == [] and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "predictions.json"]
+
+
+# --------------------------------------------------------------------------- what the long profile found
+# Each input below made a long-profile run fail before its fix; kept here so CI tries it every time.
+
+@pytest.mark.parametrize("file_name", ["1" * 300 + "a.png", "\ud800.png", "sub/" + "x" * 256])
+def test_an_unusable_file_name_is_refused_at_load(fuzz_dir: Path, file_name: str) -> None:
+    """A ``file_name`` the file system cannot look up (a part over 255 bytes: ENAMETOOLONG from
+    ``stat``; a lone surrogate: not encodable) is a DataError naming the file and the image id."""
+    ann = fuzz_dir / "instances_badname.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 5, "file_name": file_name, "width": IMG_W, "height": IMG_H}],
+        "annotations": [], "categories": [{"id": 1, "name": "thing"}],
+    }))
+    with pytest.raises(DataError, match="image id 5") as e:
+        CocoDetectionDataset(ann, fuzz_dir / "img")
+    assert str(ann) in str(e.value) and len(str(e.value)) <= MAX_MESSAGE
+
+
+@pytest.mark.parametrize("text", ['seed: "\\U7fffffff"\n', "seed: " + "1" * 5001 + "\n"])
+def test_yaml_beyond_pythons_limits_is_a_config_error(tmp_path: Path, text: str) -> None:
+    """A ``\\U`` escape beyond U+10FFFF and an integer of 5001 digits make PyYAML raise
+    ValueError; load_params turns both into a ConfigError naming the file."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not valid YAML") as e:
+        load_params(path)
+    assert str(path) in str(e.value) and len(str(e.value)) <= MAX_MESSAGE

@@ -27,7 +27,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.data.images import read_image_size
+from pipeline.data.images import file_name_problem, read_image_size
 from pipeline.errors import DataError, short_repr
 
 COCO_ARCHIVES: list[dict[str, Any]] = [
@@ -121,8 +121,9 @@ def check_coco_tree(root: Path, validate_json: bool = True) -> None:
                 raise DataError(f"{path}: image record without 'id'/'file_name': {short_repr(rec, 200)}")
             ident = f"image id {short_repr(rec['id'], 200)}"
             name = rec["file_name"]
-            if not isinstance(name, str) or not name or "\0" in name:
-                raise DataError(f"{path}: {ident} has file_name {short_repr(name, 200)}; need a file name")
+            problem = file_name_problem(name)
+            if problem:
+                raise DataError(f"{path}: {ident} has file_name {short_repr(name, 200)}: {problem}")
             image = root / img_dir / name
             if not image.is_file():
                 raise DataError(f"{path}: {ident} names {name}, which is not in {root / img_dir}")

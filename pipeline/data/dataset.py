@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from pipeline.data.coco_source import load_json_file
-from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb
+from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb, file_name_problem
 from pipeline.data.manifest import SplitInfo
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
 from pipeline.errors import ConfigError, DataError, short_repr
@@ -150,9 +150,9 @@ def _check_image_record(img: dict[str, Any], i: int, ann_file: Path) -> None:
     """Refuse an image record whose id, file_name, width or height is unusable, naming it."""
     if not _is_id(img["id"]):
         raise DataError(f"{ann_file}: image #{i} has id {short_repr(img['id'])}; need an integer")
-    name = img["file_name"]
-    if not isinstance(name, str) or not name or "\0" in name:
-        raise DataError(f"{ann_file}: image id {img['id']} has file_name {short_repr(name)}; need a file name")
+    problem = file_name_problem(img["file_name"])
+    if problem:
+        raise DataError(f"{ann_file}: image id {img['id']} has file_name {short_repr(img['file_name'])}: {problem}")
     w, h = img["width"], img["height"]
     if not (_is_id(w) and _is_id(h) and w >= 1 and h >= 1 and w * h <= MAX_IMAGE_PIXELS):
         raise DataError(f"{ann_file}: image id {img['id']} has width {short_repr(w)} and height {short_repr(h)}; need "
@@ -336,7 +336,12 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         image_id = self.ids[idx]
         info = self.coco.imgs[image_id]
         path = self.img_dir / info["file_name"]
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:  # e.g. a name the file system refuses
+            raise DataError(f"{short_repr(str(path), 300)}: cannot look up the image file (image id {image_id}, "
+                            f"listed in {self.ann_file}): {e.strerror}") from e
+        if not found:
             raise DataError(f"{path}: image file not found (image id {image_id}, listed in {self.ann_file})")
         return decode_rgb(path, record=f"image id {image_id}, listed in {self.ann_file}",
                           expected_size=(info["width"], info["height"]))

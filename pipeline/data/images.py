@@ -17,6 +17,9 @@ This module imports numpy and Pillow only (no torch), so the prepare stage stays
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,28 @@ MAX_IMAGE_PIXELS: int = 89_478_485
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
+#: The longest file or folder name, in bytes, that Linux, macOS and Windows file systems accept.
+MAX_NAME_BYTES: int = 255
+
+
+def file_name_problem(name: object) -> str | None:
+    """Why ``name`` (an annotation's ``file_name``, relative to an image folder) cannot name a
+    file, or None when it can: it must be a non-empty string without NUL, encodable for the file
+    system, and no part of it longer than :data:`MAX_NAME_BYTES` bytes (the OS refuses longer
+    names with ``ENAMETOOLONG`` before it looks for the file)."""
+    if not isinstance(name, str) or not name:
+        return "need a non-empty string"
+    if "\0" in name:
+        return "a file name cannot hold a NUL character"
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        return "not encodable as a file name on this system"
+    if any(len(part) > MAX_NAME_BYTES for part in encoded.split(b"/")):
+        return f"a part of it is longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
 def _where(record: str | None) -> str:
     return f" ({record})" if record else ""
 
@@ -42,7 +67,9 @@ def _where(record: str | None) -> str:
 def _open(path: Path, record: str | None) -> Image.Image:
     """Open ``path`` (header only) and check its declared size; DataError otherwise."""
     try:
-        im = Image.open(path, formats=IMAGE_FORMATS)
+        with warnings.catch_warnings():  # the size is checked below; Pillow's own warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path, formats=IMAGE_FORMATS)
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file not found{_where(record)}") from e
     except Exception as e:  # Pillow's parsers raise many kinds (OSError, SyntaxError, struct.error, ...)
