@@ -44,7 +44,8 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     except RecursionError as e:
         raise ConfigError(f"{path}: YAML nested too deeply to read") from e
-    except ValueError as e:  # PyYAML's own: an escape beyond U+10FFFF, an integer beyond Python's digit limit
+    except (ValueError, OverflowError) as e:  # PyYAML's: a \U escape beyond U+10FFFF or beyond a C int,
+        # an integer beyond Python's digit limit
         raise ConfigError(f"{path}: not valid YAML: {short_repr(str(e), 300)}") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the parameters file: {e}") from e

@@ -513,10 +513,11 @@ def test_an_unusable_file_name_is_refused_at_load(fuzz_dir: Path, file_name: str
     assert str(ann) in str(e.value) and len(str(e.value)) <= MAX_MESSAGE
 
 
-@pytest.mark.parametrize("text", ['seed: "\\U7fffffff"\n', "seed: " + "1" * 5001 + "\n"])
+@pytest.mark.parametrize("text", ['seed: "\\U7fffffff"\n', 'seed: "\\Uffffffff"\n', "seed: " + "1" * 5001 + "\n"])
 def test_yaml_beyond_pythons_limits_is_a_config_error(tmp_path: Path, text: str) -> None:
-    """A ``\\U`` escape beyond U+10FFFF and an integer of 5001 digits make PyYAML raise
-    ValueError; load_params turns both into a ConfigError naming the file."""
+    """A ``\\U`` escape beyond U+10FFFF (ValueError) or beyond a C int (OverflowError, found by
+    the second long run) and an integer of 5001 digits (ValueError) make PyYAML raise;
+    load_params turns each into a ConfigError naming the file."""
     path = tmp_path / "params.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match="not valid YAML") as e:
