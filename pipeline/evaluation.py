@@ -227,9 +227,9 @@ def _record_problem(record: Any, iou_type: str, gt: COCO) -> str | None:
         return f"score {short_repr(record['score'])} is not a finite number"
     if iou_type == "bbox" or "bbox" in record:
         box = record.get("bbox")
-        if not isinstance(box, (list, tuple)) or len(box) != 4:
+        if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4:  # an array: loadRes adds one
             return f"bbox {short_repr(box)} is not [x, y, width, height]"
-        if not all(_finite_number(v) for v in box):
+        if not all(_finite_number(v) for v in list(box)):
             return f"bbox {short_repr(box)} has a value that is not a finite number"
         if box[2] < 0 or box[3] < 0:
             return f"bbox {short_repr(box)} has a negative width or height"
