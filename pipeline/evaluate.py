@@ -9,8 +9,12 @@
 
 For each split in ``evaluate.splits`` it runs the trained model (``weights/<model>.pth``),
 writes the COCO result files to ``results/<model>/`` and, where the split has
-annotations, scores them with pycocotools' COCOeval (bbox, and segm when the model
-predicts masks), at most ``evaluate.max_dets`` (100) detections per image.
+annotations, scores them with COCOeval (bbox, and segm when the model predicts masks), at
+most ``evaluate.max_dets`` (100) detections per image. ``evaluate.engine`` picks the COCOeval:
+``faster`` (faster-coco-eval's C++ one, the default) or ``pycocotools`` (the reference; the two
+agree, :mod:`pipeline.evaluation`). Result records with NaN or infinite boxes or scores,
+negative sizes, or unknown image or category ids are refused (DataError naming the file and
+the record) before scoring.
 
 test-dev additionally gets the COCO submission file
 ``results/<model>/detections_test-dev2017_<alg>_results.json`` and its zip. Real COCO
@@ -60,13 +64,15 @@ from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
 from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv
 from pipeline.evaluation import (
+    DEFAULT_ENGINE,
+    check_engine,
     coco_evaluate,
     detections_to_coco,
     load_coco_quietly,
     submission_name,
     write_results,
 )
-from pipeline.errors import WeightsError
+from pipeline.errors import ConfigError, DataError, WeightsError
 from pipeline.paths import MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, RESULTS_DIR, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, logged_model_id, prepared_data_digest
 from pipeline.checkpoint import file_digest
@@ -282,16 +288,21 @@ def attribute_set(obj: Any, name: str, value: Any):
         setattr(obj, name, old)
 
 
-def score_records(gt, records: dict[str, list[dict[str, Any]]], image_ids: list[int] | None) -> dict[str, tuple]:
-    """COCOeval per task: ``{iou_type: (stats, COCOeval or None, summary text)}``.
+def score_records(gt, records: dict[str, list[dict[str, Any]]], image_ids: list[int] | None,
+                  engine: str = DEFAULT_ENGINE, files: dict[str, Path] | None = None) -> dict[str, tuple]:
+    """COCOeval per task: ``{iou_type: (stats, evaluator or None, summary text)}``.
 
     ``bbox`` is always scored (no detections score 0); ``segm`` only where there are masks.
+    ``engine``: ``evaluate.engine`` (:func:`pipeline.evaluation.coco_evaluate`); ``files``: the
+    result file of each task's records, named when a record is refused.
     """
     out = {}
     for iou_type in ("bbox", "segm"):
         if iou_type == "segm" and not records.get("segm"):
             continue
-        out[iou_type] = coco_evaluate(gt, records.get(iou_type, []), iou_type, image_ids)
+        source = str((files or {}).get(iou_type)) if (files or {}).get(iou_type) else f"{iou_type} detections"
+        out[iou_type] = coco_evaluate(gt, records.get(iou_type, []), iou_type, image_ids, engine=engine,
+                                      source=source)
     return out
 
 
@@ -324,7 +335,8 @@ def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any]
 
 def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset, cat_ids: list[int],
                      device: torch.device, gt, image_ids: list[int] | None, results_dir: Path, label: str,
-                     split_name: str, predict_kwargs: dict[str, Any]) -> tuple[dict[str, Any], float]:
+                     split_name: str, predict_kwargs: dict[str, Any],
+                     engine: str = DEFAULT_ENGINE) -> tuple[dict[str, Any], float]:
     """Predict and score ``dataset`` once more with the variant's switch (``bbox_head.corner_snapping``
     for ``corner_snapping_off``, ``bbox_head.contour_snapping`` for ``contour_snapping_off``, ...)
     set to the variant's value (restored afterwards); write its detections to
@@ -337,11 +349,13 @@ def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset,
     with attribute_set(model.bbox_head, switch, value):
         bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{label} {name}",
                                                 **predict_kwargs)
-    write_results(bbox, results_dir / f"{split_name}_{name}_bbox.json")
+    result_files = {t: results_dir / f"{split_name}_{name}_{t}.json" for t in ("bbox", "segm")}
+    write_results(bbox, result_files["bbox"])
     if segm:
-        write_results(segm, results_dir / f"{split_name}_{name}_segm.json")
+        write_results(segm, result_files["segm"])
     metrics: dict[str, Any] = {switch: value, "num_detections": len(bbox)}
-    for iou_type, (stats, _, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
+    for iou_type, (stats, _, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids, engine,
+                                                    result_files).items():
         metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
         print(f"[evaluate] {label} {iou_type}, {name}:\n{text}", flush=True)
     return metrics, sec_per_img
@@ -373,6 +387,7 @@ def evaluate_model(
     cat_ids = state["cat_ids"]
     manifest = load_manifest(manifest_file)
     max_dets = int(ev_cfg.get("max_dets", 100))
+    engine = check_engine(ev_cfg.get("engine", DEFAULT_ENGINE))
     results_dir = Path(results_root) / model_name
     results_dir.mkdir(parents=True, exist_ok=True)
     variants = snapping_variants(model)
@@ -393,9 +408,10 @@ def evaluate_model(
         )
         bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{model_name} {split_name}",
                                                 **predict_kwargs)
-        files = write_results(bbox, results_dir / f"{split_name}_bbox.json")
+        result_files = {t: results_dir / f"{split_name}_{t}.json" for t in ("bbox", "segm")}
+        files = write_results(bbox, result_files["bbox"])
         if segm:
-            files += write_results(segm, results_dir / f"{split_name}_segm.json")
+            files += write_results(segm, result_files["segm"])
         if split_name == "test-dev":
             files += write_results(bbox, results_dir / submission_name(model_name), zip_it=True)
             if segm:
@@ -413,7 +429,8 @@ def evaluate_model(
         if split.has_annotations:
             gt = load_coco_quietly(split.ann_file)
             image_ids = [int(i) for i in dataset.ids] if hasattr(dataset, "ids") else None
-            for iou_type, (stats, ev, text) in score_records(gt, {"bbox": bbox, "segm": segm}, image_ids).items():
+            scored = score_records(gt, {"bbox": bbox, "segm": segm}, image_ids, engine, result_files)
+            for iou_type, (stats, ev, text) in scored.items():
                 metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
                 print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
                 if ev is not None:
@@ -428,7 +445,7 @@ def evaluate_model(
                 for variant in variants:
                     variant_metrics, v_sec = evaluate_variant(
                         model, variant, dataset, cat_ids, device, gt, image_ids,
-                        results_dir, f"{model_name} {split_name}", split_name, predict_kwargs,
+                        results_dir, f"{model_name} {split_name}", split_name, predict_kwargs, engine,
                     )
                     variant_runs.append((variant[0], variant[1], variant_metrics, v_sec))
                 for name, value in variants:  # the defaults the main numbers were measured with
@@ -481,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
     try:
         evaluate_model(args.model, load_params(args.params), seed=args.seed)
-    except (WeightsError, TrackingStoreError) as e:
+    except (WeightsError, TrackingStoreError, DataError, ConfigError) as e:
         raise SystemExit(f"[evaluate] {e}") from e
 
 

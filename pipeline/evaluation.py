@@ -4,12 +4,22 @@ Detector outputs are in the coordinates of the resized input image; they are map
 to the original image by the dataset's ``scale_factor`` and clipped to it. Masks, when a
 model predicts them, arrive as ``(K, 1, M, M)`` probabilities in box coordinates and are
 pasted into the original image, thresholded at 0.5 and RLE-encoded.
+
+Scoring (:func:`coco_evaluate`) runs one of two engines (``evaluate.engine`` in params.yaml):
+``faster`` (default), faster-coco-eval's ``COCOeval_faster`` (per-image matching and
+accumulation in C++), or ``pycocotools``, pycocotools' own Python ``COCOeval``, the reference.
+Both read the same pycocotools ``COCO`` objects (ground truth and ``gt.loadRes(results)``) and
+give the same 12 numbers; ``tests/test_coco_eval_engines.py`` checks them, the precision and the
+recall arrays against each other. Result records are checked before either sees them
+(:func:`check_result_records`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import math
+import numbers
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,9 +32,23 @@ from pycocotools.cocoeval import COCOeval
 
 from models.dense_reppoints.mask_from_points import points_to_full_masks
 from pipeline.checkpoint import atomic_write_bytes, atomic_write_text
+from pipeline.errors import ConfigError, DataError, short_repr
 
 STAT_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+
+#: ``evaluate.engine`` values: faster-coco-eval's C++ COCOeval (default) and pycocotools' Python
+#: COCOeval (the reference).
+ENGINES: tuple[str, ...] = ("faster", "pycocotools")
+DEFAULT_ENGINE = "faster"
+
+#: pycocotools' summary lines, one per number of :data:`STAT_NAMES`: (AP or AR, IoU, area, maxDets)
+SUMMARY_ROWS: tuple[tuple[str, str, str, int], ...] = (
+    ("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100), ("AP", "0.75", "all", 100),
+    ("AP", "0.50:0.95", "small", 100), ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
+    ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10), ("AR", "0.50:0.95", "all", 100),
+    ("AR", "0.50:0.95", "small", 100), ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100),
 )
 
 
@@ -175,34 +199,146 @@ def load_coco_quietly(ann_file: Path) -> COCO:
         return COCO(str(ann_file))
 
 
+def check_engine(engine: str) -> str:
+    """``engine`` when it is one of :data:`ENGINES`, else a :class:`ConfigError` naming the
+    setting (``evaluate.engine``) and the choices."""
+    if engine not in ENGINES:
+        raise ConfigError(f"evaluate.engine: {short_repr(engine)} is not one of {list(ENGINES)}")
+    return engine
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def _record_problem(record: Any, iou_type: str, gt: COCO) -> str | None:
+    """What is wrong with one result record, or None (see :func:`check_result_records`)."""
+    if not isinstance(record, dict):
+        return f"not a mapping but {type(record).__name__}"
+    for key in ("image_id", "category_id", "score"):
+        if key not in record:
+            return f"no '{key}'"
+    image_id, category_id = record["image_id"], record["category_id"]
+    if isinstance(image_id, bool) or not isinstance(image_id, numbers.Integral) or image_id not in gt.imgs:
+        return f"image_id {short_repr(image_id)} is not an image of the ground truth"
+    if isinstance(category_id, bool) or not isinstance(category_id, numbers.Integral) or category_id not in gt.cats:
+        return f"category_id {short_repr(category_id)} is not a category of the ground truth"
+    if not _finite_number(record["score"]):
+        return f"score {short_repr(record['score'])} is not a finite number"
+    if iou_type == "bbox" or "bbox" in record:
+        box = record.get("bbox")
+        if not isinstance(box, (list, tuple, np.ndarray)) or len(box) != 4:  # an array: loadRes adds one
+            return f"bbox {short_repr(box)} is not [x, y, width, height]"
+        if not all(_finite_number(v) for v in list(box)):
+            return f"bbox {short_repr(box)} has a value that is not a finite number"
+        if box[2] < 0 or box[3] < 0:
+            return f"bbox {short_repr(box)} has a negative width or height"
+    if iou_type == "segm":
+        seg = record.get("segmentation")
+        img = gt.imgs[image_id]
+        if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+            return f"segmentation {short_repr(seg)} is not an RLE mapping with 'counts' and 'size'"
+        if not isinstance(seg["counts"], (str, bytes)):
+            return f"segmentation counts is {type(seg['counts']).__name__}, not a compressed RLE string"
+        if not isinstance(seg["size"], (list, tuple)) or list(seg["size"]) != [img.get("height"), img.get("width")]:
+            return (f"segmentation size {short_repr(seg['size'])} differs from the image's "
+                    f"[height, width] {[img.get('height'), img.get('width')]}")
+    return None
+
+
+def check_result_records(records: Any, gt: COCO, iou_type: str = "bbox", source: str | None = None) -> None:
+    """Refuse result records that COCOeval would silently mis-score or crash on.
+
+    Each record needs an integer ``image_id`` of an image of ``gt``, an integer ``category_id``
+    of a category of ``gt``, a finite ``score`` and, for ``iou_type`` ``"bbox"`` (or whenever the
+    record has one), a ``bbox`` of 4 finite numbers ``[x, y, w, h]`` in pixels with ``w, h >= 0``;
+    for ``"segm"`` a ``segmentation``: a compressed RLE mapping (``counts`` a string) whose
+    ``size`` is the image's ``[height, width]`` (what :func:`detections_to_coco` writes;
+    pycocotools' ``loadRes`` takes no polygons for results).
+
+    Raises :class:`~pipeline.errors.DataError` at the first bad record, naming ``source`` (the
+    result file or where the records came from), the record's index, ``image_id`` and
+    ``category_id``, and what is wrong.
+    """
+    where = source or "result records"
+    if not isinstance(records, list):
+        raise DataError(f"{where}: expected a list of result records, got {type(records).__name__}")
+    for index, record in enumerate(records):
+        problem = _record_problem(record, iou_type, gt)
+        if problem is not None:
+            ids = ""
+            if isinstance(record, dict):
+                ids = (f" (image_id {short_repr(record.get('image_id'))}, "
+                       f"category_id {short_repr(record.get('category_id'))})")
+            raise DataError(f"{where}: result record {index}{ids}: {problem}")
+
+
+def summary_text(stats: dict[str, float], iou_type: str, engine: str) -> str:
+    """pycocotools' 12 summary lines for ``stats`` (by :data:`STAT_NAMES`), after a line naming
+    the engine. The same text for either engine when the numbers are the same (no timings)."""
+    lines = [f"COCO {iou_type} evaluation, engine {engine}"]
+    for name, (kind, iou, area, max_dets) in zip(STAT_NAMES, SUMMARY_ROWS):
+        title = "Average Precision" if kind == "AP" else "Average Recall"
+        lines.append(f" {title:<18} ({kind}) @[ IoU={iou:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = "
+                     f"{stats[name]:0.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def make_coco_eval(gt: COCO, dt: COCO, iou_type: str, engine: str = DEFAULT_ENGINE):
+    """The evaluator of ``engine`` (:data:`ENGINES`) for ground truth ``gt`` and detections ``dt``
+    (both pycocotools ``COCO``; ``dt`` from ``gt.loadRes``), not yet run.
+
+    ``faster``: ``faster_coco_eval.COCOeval_faster`` (reads pycocotools ``COCO`` objects as
+    they are; it adds ``ignore`` and, for segm, a cached ``rle`` to the ground-truth annotation
+    dicts, as pycocotools' own ``evaluate`` adds ``ignore`` and turns polygons into RLE there).
+    ``pycocotools``: ``pycocotools.cocoeval.COCOeval``. Either, after ``evaluate()``,
+    ``accumulate()`` and ``summarize()``, has ``stats`` (12,), ``eval["precision"]``
+    [T=10 IoUs, R=101 recalls, K categories, A=4 areas, M=3 maxDets], ``eval["recall"]``
+    [T, K, A, M] (-1 where there is no ground truth) and ``params.recThrs`` (101,).
+    """
+    check_engine(engine)
+    if engine == "pycocotools":
+        return COCOeval(gt, dt, iou_type)
+    from faster_coco_eval import COCOeval_faster
+
+    return COCOeval_faster(gt, dt, iou_type, print_function=print)
+
+
 def coco_evaluate(
-    gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: list[int] | None = None
-) -> tuple[dict[str, float], COCOeval | None, str]:
+    gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: list[int] | None = None,
+    engine: str = DEFAULT_ENGINE, source: str | None = None,
+) -> tuple[dict[str, float], Any, str]:
     """Run COCOeval and return its 12 summary numbers.
 
     Args:
         gt: ground truth.
-        results: COCO result records (``bbox`` or ``segmentation`` per ``iou_type``).
+        results: COCO result records (``bbox`` or ``segmentation`` per ``iou_type``), checked
+            first by :func:`check_result_records` (a bad one is a DataError naming ``source``).
         iou_type: ``"bbox"`` or ``"segm"``.
         image_ids: restrict evaluation to these images (all ground-truth images if None).
+        engine: ``"faster"`` (faster-coco-eval, default) or ``"pycocotools"`` (the reference);
+            :func:`make_coco_eval`. Anything else is a ConfigError.
+        source: the result file or where the records came from, for error messages.
     Returns:
-        (stats by name, the COCOeval object or None when there were no detections, the
-        printed summary). With no detections every number is 0.0, as COCO would score it.
+        (stats by name, the evaluator (COCOeval or COCOeval_faster; ``.eval["precision"]``
+        [T, R, K, A, M]) or None when there were no detections, the summary text:
+        :func:`summary_text`). With no detections every number is 0.0, as COCO would score it.
     """
+    check_engine(engine)
+    check_result_records(results, gt, iou_type, source)
     if not results:
         return {k: 0.0 for k in STAT_NAMES}, None, "no detections: every metric is 0\n"
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
-    ev = COCOeval(gt, dt, iou_type)
+    ev = make_coco_eval(gt, dt, iou_type, engine)
     if image_ids is not None:
         ev.params.imgIds = sorted(image_ids)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    with contextlib.redirect_stdout(io.StringIO()):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     stats = {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
-    return stats, ev, buf.getvalue()
+    return stats, ev, summary_text(stats, iou_type, engine)
 
 
 def submission_name(model_name: str, split: str = "test-dev2017", suffix: str = "") -> str:

@@ -238,3 +238,12 @@ def test_git_ignores_the_epoch_state_but_not_what_dvc_tracks():
     assert "/checkpoints/" in ignored
     for path in ("/weights/", "/results/", "/metrics/"):
         assert path not in ignored, f"{path}: DVC writes its own .gitignore entries for cached outputs"
+
+
+def test_the_evaluation_engine_is_a_dependency_of_every_evaluate_stage(stages):
+    """``evaluate.engine`` (faster-coco-eval or pycocotools) picks the code that computes the
+    numbers: changing it re-runs every evaluation (and nothing else)."""
+    params = params_of(stages)
+    evals = {n for n in stages if n.startswith(("evaluate@", "evaluate_ablation@"))}
+    assert evals and {n for n, keys in params.items() if "evaluate.engine" in keys} == evals
+    assert load_params(REPO / "params.yaml")["evaluate"]["engine"] == "faster"

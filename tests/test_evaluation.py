@@ -148,3 +148,69 @@ def test_submission_file_and_zip(tmp_path):
         assert json.loads(zf.read(name)) == recs
     again = write_results(recs, tmp_path / "b" / name, zip_it=True)
     assert again[1].read_bytes() == files[1].read_bytes()  # reproducible bytes
+
+
+def good_records():
+    return [
+        {"image_id": 1, "category_id": 3, "bbox": [12, 9, 39, 52], "score": 0.95},
+        {"image_id": 1, "category_id": 7, "bbox": [101, 103, 18, 20], "score": 0.6},
+    ]
+
+
+@pytest.mark.parametrize("index, field, value, problem", [
+    (1, "bbox", [101, 103, float("nan"), 20], "not a finite number"),
+    (0, "bbox", [float("inf"), 9, 39, 52], "not a finite number"),
+    (1, "score", float("nan"), "score nan is not a finite number"),
+    (0, "score", float("-inf"), "score -inf is not a finite number"),
+    (1, "bbox", [101, 103, -18, 20], "negative width or height"),
+    (0, "bbox", [12, 9, 39, -0.5], "negative width or height"),
+    (1, "image_id", 99, "image_id 99 is not an image of the ground truth"),
+    (0, "category_id", 5, "category_id 5 is not a category of the ground truth"),
+    (1, "bbox", [1, 2, 3], "is not [x, y, width, height]"),
+])
+@pytest.mark.parametrize("engine", ["faster", "pycocotools"])
+def test_bad_result_records_are_refused_naming_the_record(tmp_path, index, field, value, problem, engine):
+    from pipeline.errors import DataError
+
+    gt = write_gt(tmp_path / "gt.json", {1: [(10, 10, 40, 50, 3), (100, 100, 20, 20, 7)], 2: []})
+    records = good_records()
+    records[index][field] = value
+    image_id, category_id = records[index]["image_id"], records[index]["category_id"]
+    with pytest.raises(DataError) as e:
+        coco_evaluate(gt, records, "bbox", engine=engine, source="results/m/minival_bbox.json")
+    msg = str(e.value)
+    assert msg.startswith("results/m/minival_bbox.json: result record ")
+    assert f"record {index} (image_id {image_id}, category_id {category_id})" in msg and problem in msg
+
+
+def test_bad_segm_records_are_refused(tmp_path):
+    import numpy as np
+    import pycocotools.mask as mask_util
+    from pipeline.errors import DataError
+
+    gt = write_gt(tmp_path / "gt.json", {1: [(10, 10, 40, 50, 3)]})
+    rle = mask_util.encode(np.asfortranarray(np.ones((200, 200, 1), np.uint8)))[0]
+    rle["counts"] = rle["counts"].decode("ascii")
+    good = {"image_id": 1, "category_id": 3, "segmentation": rle, "score": 0.5}
+    coco_evaluate(gt, [good], "segm")  # accepted
+    for seg, problem in [({**rle, "size": [100, 200]}, "differs from the image's [height, width] [200, 200]"),
+                         ([[10, 10, 50, 10, 50, 60]], "is not an RLE mapping"),
+                         ({"size": [200, 200], "counts": [0, 40000]}, "not a compressed RLE string")]:
+        with pytest.raises(DataError, match=r"segm detections: result record 1 \(image_id 1, category_id 3\)") as e:
+            coco_evaluate(gt, [good, {**good, "segmentation": seg}], "segm", source="segm detections")
+        assert problem in str(e.value)
+
+
+def test_unknown_engine_is_a_config_error(tmp_path):
+    from pipeline.errors import ConfigError
+
+    gt = write_gt(tmp_path / "gt.json", {1: [(10, 10, 40, 50, 3)]})
+    with pytest.raises(ConfigError, match="evaluate.engine: 'fast' is not one of"):
+        coco_evaluate(gt, good_records()[:1], "bbox", engine="fast")
+
+
+def test_both_engines_give_the_same_summary_text(tmp_path):
+    gt = write_gt(tmp_path / "gt.json", {1: [(10, 10, 40, 50, 3), (100, 100, 20, 20, 7)]})
+    texts = [coco_evaluate(gt, good_records(), "bbox", engine=e)[2] for e in ("faster", "pycocotools")]
+    assert texts[0].splitlines()[0] == "COCO bbox evaluation, engine faster"
+    assert texts[0].splitlines()[1:] == texts[1].splitlines()[1:] and len(texts[1].splitlines()) == 13
