@@ -329,7 +329,9 @@ def coco_evaluate(
     if not results:
         return {k: 0.0 for k in STAT_NAMES}, None, "no detections: every metric is 0\n"
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
+        # loadRes writes into each record (id, area, a numpy bbox for segm): give it copies, so
+        # the caller's records can be written or scored again unchanged.
+        dt = gt.loadRes([dict(r) for r in results])
     ev = make_coco_eval(gt, dt, iou_type, engine)
     if image_ids is not None:
         ev.params.imgIds = sorted(image_ids)

@@ -294,3 +294,15 @@ def test_the_faster_engine_reads_pycocotools_objects_and_leaves_the_scores_alone
     ref, _, _ = coco_evaluate(gt, copy.deepcopy(segm_res), "segm", engine="pycocotools")
     assert first == again
     np.testing.assert_allclose(list(first.values()), list(ref.values()), rtol=0, atol=STATS_ATOL)
+
+
+def test_scoring_leaves_the_records_unchanged():
+    """pycocotools' loadRes writes ids, areas and (for segm) numpy boxes into the records it is
+    given; coco_evaluate hands it copies, so the same records score again with either engine."""
+    dataset, bbox, segm = random_case(seed=1, num_images=6)
+    for iou_type, records in (("bbox", bbox), ("segm", segm)):
+        before = json.dumps(records)
+        first = [coco_evaluate(coco_from(dataset), records, iou_type, engine=e)[0] for e in ("pycocotools", "faster")]
+        assert json.dumps(records) == before
+        again = coco_evaluate(coco_from(dataset), records, iou_type, engine="pycocotools")[0]
+        assert again == first[0]
