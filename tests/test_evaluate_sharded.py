@@ -187,3 +187,23 @@ def test_the_number_of_processes():
         params["evaluate"]["processes"] = bad
         with pytest.raises(ConfigError, match="evaluate.processes"):
             evaluate_processes(params)
+
+
+def test_the_stage_relaunches_itself_under_torchrun(tmp_path):
+    """``python -m pipeline.evaluate --processes 2`` re-runs itself under torchrun; here both ranks
+    find no weights for the run (none is trained under this name) and the stage exits 1 with the
+    loader's message, not a hang."""
+    from tests.conftest import write_params
+
+    params = sharded_params()
+    params["models"] = {"sharded_nowhere": params["models"][TINY_MODEL]}
+    params_file = write_params(params, tmp_path / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.evaluate", "--model", "sharded_nowhere", "--params",
+                           str(params_file), "--processes", "2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-4000:]
+    assert "[evaluate] launching: " in output and "--nproc_per_node=2 -m pipeline.evaluate" in output
+    assert "sharded_nowhere.pth: no trained weights" in output, output[-4000:]
