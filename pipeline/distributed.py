@@ -164,6 +164,10 @@ def gather_to_main(work: Callable[[], Any], what: str) -> list[Any] | None:
         if failure is not None:
             raise failure
         raise RankFailed(message)
+    # rank 0 keeps its own result as it is: sent through gather_object it would come back as a
+    # second (unpickled) copy, held next to the first until the function returns
     gathered: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(result, gathered, dst=0)
+    dist.gather_object(None if rank == 0 else result, gathered, dst=0)
+    if gathered is not None:
+        gathered[0] = result
     return gathered

@@ -46,6 +46,15 @@ mask is built; boxes and scores do not change) gives ``"variants": {"contour_sna
 and an MLflow run tagged ``split=minival/contour_snapping_off``, ``variant=contour_snapping_off``,
 ``contour_snapping=false``. A head with several switches gets one variant per switch, each
 flipping only its own switch.
+
+Sharded over processes: with ``evaluate.processes > 1`` (or ``train.gpus > 1`` on CUDA, or
+``--processes N``; :func:`evaluate_processes`) the stage re-launches itself under torchrun
+(gloo on CPU, NCCL with one GPU per process on CUDA). Each rank predicts whole batches of the
+one-process run (:func:`shard_indices`), rank 0 gathers every rank's records, puts them in
+dataset order (:func:`merge_shards`) and alone writes, scores and logs, so the result and
+metrics files are byte-identical for any number of processes; the variants above are sharded
+the same way. A rank that fails makes every rank stop (:func:`pipeline.distributed.gather_to_main`):
+the stage exits non-zero with that rank's message and writes nothing for the split.
 """
 from __future__ import annotations
 

@@ -30,40 +30,48 @@ from tests.conftest import REPO, TINY_MODEL, tiny_params
 TIMEOUT_S = 240
 
 
+#: a model with masks (D2Det's instance head at CPU scale), for the segm result files
+MASK_MODEL = "d2det_mask_tiny"
+
+
 def sharded_params() -> dict:
-    """Tiny params: both splits (8 images each) in batches of 2; score threshold 0."""
+    """Tiny params: both splits (8 images each) in batches of 2; the tiny Faster R-CNN and
+    :data:`MASK_MODEL`, both with score threshold 0."""
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["model"] = {"roi_head": {"test": {"score_thr": 0.0}}}
+    params["models"][MASK_MODEL] = {"preset": "d2det_r101_fpn_mask", "family": "d2det", "base": "d2det",
+                                    "scale": "cpu", "overrides": {"model": {"roi_head": {"test": {"score_thr": 0.0}}}}}
     params["evaluate"]["batch_size"] = 2
     return params
 
 
 @pytest.fixture(scope="module")
 def tiny_weights(tiny_prepared, tmp_path_factory) -> Path:
-    """``weights/<tiny>.pth`` of a freshly initialised tiny Faster R-CNN (seed 0), with the digest
-    the loader verifies; returns the weights folder."""
+    """``weights/<run>.pth`` of a freshly initialised (seed 0) tiny Faster R-CNN and
+    :data:`MASK_MODEL`, with the digest the loader verifies; returns the weights folder."""
     from models.build import build_model
 
     params = sharded_params()
-    cfg = resolve_model_config(params, TINY_MODEL)
-    dataset = build_dataset(load_manifest(tiny_prepared).split("minival"), cfg["data"], train=False, seed=0)
-    cat_ids = list(dataset.cat_ids)
-    names = [c["name"] for c in dataset.coco.loadCats(cat_ids)]
-    torch.manual_seed(0)
-    model = build_model(cfg["detector"], cfg["model"], len(cat_ids), load_pretrained=False)
     root = tmp_path_factory.mktemp("sharded_weights")
-    atomic_torch_save(final_weights(model.state_dict(), cfg, cat_ids, names, 0, "0" * 16), root / f"{TINY_MODEL}.pth")
+    for name in (TINY_MODEL, MASK_MODEL):
+        cfg = resolve_model_config(params, name)
+        dataset = build_dataset(load_manifest(tiny_prepared).split("minival"), cfg["data"], train=False, seed=0)
+        cat_ids = list(dataset.cat_ids)
+        names = [c["name"] for c in dataset.coco.loadCats(cat_ids)]
+        torch.manual_seed(0)
+        model = build_model(cfg["detector"], cfg["model"], len(cat_ids), load_pretrained=False)
+        atomic_torch_save(final_weights(model.state_dict(), cfg, cat_ids, names, 0, "0" * 16), root / f"{name}.pth")
     return root
 
 
-def run_evaluation(processes: int, manifest: Path, weights_root: Path, out: Path, *extra: str
-                   ) -> subprocess.CompletedProcess:
+def run_evaluation(processes: int, manifest: Path, weights_root: Path, out: Path, *extra: str,
+                   model: str = TINY_MODEL) -> subprocess.CompletedProcess:
     """``tests/evaluate_worker.py`` alone (1) or under ``torchrun --nproc_per_node processes``,
     one thread per process, bounded by :data:`TIMEOUT_S`."""
     params_file = out / "params.json"
     out.mkdir(parents=True, exist_ok=True)
     params_file.write_text(json.dumps(sharded_params()))
-    worker = [str(REPO / "tests" / "evaluate_worker.py"), "--model", TINY_MODEL, "--params", str(params_file),
+    worker = [str(REPO / "tests" / "evaluate_worker.py"), "--model", model, "--params", str(params_file),
               "--manifest", str(manifest), "--weights-root", str(weights_root), "--out", str(out), *extra]
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
@@ -113,6 +121,25 @@ def test_two_processes_write_the_same_files_as_one(tiny_prepared, tiny_weights, 
     assert newest_finished_run(c, TINY_MODEL, "evaluate", "minival/corner_snapping_off") is not None
     runs = c.search_runs([run.info.experiment_id], f"tags.model = '{TINY_MODEL}' and tags.stage = 'evaluate'")
     assert sorted(r.data.tags["split"] for r in runs) == ["minival", "minival/corner_snapping_off", "test-dev"]
+
+
+def test_two_processes_write_the_same_mask_files_as_one(tiny_prepared, tiny_weights, tmp_path):
+    """The same for a model with masks: the segm result files (RLE) too."""
+    for n in (1, 2):
+        proc = run_evaluation(n, tiny_prepared, tiny_weights, tmp_path / f"n{n}", model=MASK_MODEL)
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    one, two = files_under(tmp_path / "n1" / "results"), files_under(tmp_path / "n2" / "results")
+    assert sorted(one) == sorted(two)
+    assert {f"{MASK_MODEL}/minival_segm.json", f"{MASK_MODEL}/test-dev_segm.json"} <= set(one)
+    for name in one:
+        if name.endswith((".json", ".zip")):
+            assert one[name] == two[name], f"{name} differs between 1 and 2 processes"
+    segm = json.loads(one[f"{MASK_MODEL}/minival_segm.json"])
+    assert segm and all(isinstance(r["segmentation"]["counts"], str) for r in segm)
+    for split in ("minival", "test-dev"):
+        m1 = json.loads((tmp_path / "n1" / "metrics" / MASK_MODEL / f"{split}.json").read_text())
+        m2 = json.loads((tmp_path / "n2" / "metrics" / MASK_MODEL / f"{split}.json").read_text())
+        assert m1 == m2 and "segm" in m1
 
 
 def test_a_failing_rank_fails_the_whole_evaluation_with_its_error(tiny_prepared, tiny_weights, tmp_path):
