@@ -1,13 +1,21 @@
-"""Process-group helpers for DDP training through torchrun.
+"""Process-group helpers for the stages that run under torchrun: DDP training and sharded
+evaluation.
 
 torchrun sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; without them the process runs
 alone (rank 0 of 1). The backend is NCCL on CUDA and gloo on CPU, so two CPU processes
-can train together in tests.
+can train (or evaluate) together in tests. :func:`relaunch_with_torchrun` is how a stage
+started as ``python -m pipeline.<stage>`` re-runs itself under torchrun, and
+:func:`gather_to_main` how ranks hand their results to rank 0 without hanging when one of them
+failed.
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -30,11 +38,18 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
+class RankFailed(RuntimeError):
+    """Another rank of the process group failed; the message names it and its error."""
+
+
+def init_distributed(device_type: str, timeout: timedelta | None = None) -> DistInfo:
     """Join the process group torchrun describes in the environment, if any.
 
     Args:
         device_type: "cuda" or "cpu"; picks NCCL or gloo.
+        timeout: how long a collective waits for the other ranks before it fails (torch's
+            default, 30 minutes for gloo and NCCL, when None): the bound on a hang should a rank
+            die without torchrun noticing.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -45,7 +60,10 @@ def init_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        if timeout is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -84,3 +102,72 @@ def all_gather_objects(obj: object) -> list[object]:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def torchrun_command(module: str, processes: int, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node=<processes> -m <module> <argv>``
+    with this interpreter. torchrun sets ``OMP_NUM_THREADS=1`` in each process unless the
+    environment sets it."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
+            "-m", module, *argv]
+
+
+def relaunch_with_torchrun(module: str, processes: int, argv: list[str] | None = None, label: str = "") -> None:
+    """Re-run ``python -m <module> <argv>`` (default: this command's arguments) under torchrun with
+    ``processes`` processes and exit with torchrun's status. Does nothing (returns) for one
+    process or when already under torchrun (``WORLD_SIZE`` set), so a stage calls it first thing.
+
+    The caller decides ``processes`` (the train stage from ``train.gpus``, the evaluate stage from
+    ``evaluate.processes``); ``label`` prefixes the printed command (``[train]``).
+    """
+    if processes <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    cmd = torchrun_command(module, processes, sys.argv[1:] if argv is None else list(argv))
+    print(f"{label + ' ' if label else ''}launching: " + " ".join(cmd), flush=True)
+    raise SystemExit(subprocess.call(cmd))
+
+
+def gather_to_main(work: Callable[[], Any], what: str) -> list[Any] | None:
+    """Run ``work()`` on every rank and hand every rank's result to rank 0, failing everywhere,
+    not hanging, when a rank's ``work`` raised.
+
+    Two collectives: first every rank learns every rank's status (``all_gather_object`` of None or
+    ``"<error type>: <message>"``), then, only when all succeeded, the results go to rank 0
+    (``gather_object``; the other ranks never hold them). When a rank failed, that rank re-raises
+    its own exception and every other rank raises :class:`RankFailed` naming the first failed rank,
+    ``what`` it was doing and its error, so the whole job exits non-zero with the message on
+    every rank's output.
+
+    Returns:
+        on rank 0, the list of the ranks' results, indexed by rank; None on the other ranks.
+        Without a process group: ``[work()]`` (its exception propagates as it is).
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return [work()]
+    rank, world = dist.get_rank(), dist.get_world_size()
+    result, error, failure = None, None, None
+    try:
+        result = work()
+    except Exception as e:  # reported to the other ranks, then raised here
+        failure = e
+        error = f"{type(e).__name__}: {e}"  # its traceback: on its own output, when it re-raises
+    statuses: list[Any] = [None] * world
+    dist.all_gather_object(statuses, error)
+    failed = [(r, s) for r, s in enumerate(statuses) if s is not None]
+    if failed:
+        r, text = failed[0]
+        others = f" (and ranks {[f for f, _ in failed[1:]]})" if len(failed) > 1 else ""
+        message = f"rank {r} of {world}{others} failed while {what}: {text.strip()}"
+        if failure is None:  # printed now: torchrun stops this process as soon as the failed rank exits
+            print(f"[rank {rank}] {message}", file=sys.stderr, flush=True)
+        dist.barrier()  # the failed rank exits only once every rank has said why it stops
+        if failure is not None:
+            raise failure
+        raise RankFailed(message)
+    # rank 0 keeps its own result as it is: sent through gather_object it would come back as a
+    # second (unpickled) copy, held next to the first until the function returns
+    gathered: list[Any] | None = [None] * world if rank == 0 else None
+    dist.gather_object(None if rank == 0 else result, gathered, dst=0)
+    if gathered is not None:
+        gathered[0] = result
+    return gathered

@@ -46,6 +46,15 @@ mask is built; boxes and scores do not change) gives ``"variants": {"contour_sna
 and an MLflow run tagged ``split=minival/contour_snapping_off``, ``variant=contour_snapping_off``,
 ``contour_snapping=false``. A head with several switches gets one variant per switch, each
 flipping only its own switch.
+
+Sharded over processes: with ``evaluate.processes > 1`` (or ``train.gpus > 1`` on CUDA, or
+``--processes N``; :func:`evaluate_processes`) the stage re-launches itself under torchrun
+(gloo on CPU, NCCL with one GPU per process on CUDA). Each rank predicts whole batches of the
+one-process run (:func:`shard_indices`), rank 0 gathers every rank's records, puts them in
+dataset order (:func:`merge_shards`) and alone writes, scores and logs, so the result and
+metrics files are byte-identical for any number of processes; the variants above are sharded
+the same way. A rank that fails makes every rank stop (:func:`pipeline.distributed.gather_to_main`):
+the stage exits non-zero with that rank's message and writes nothing for the split.
 """
 from __future__ import annotations
 
@@ -56,9 +65,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.config import load_params, run_id, split_run_id, training_seed
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
@@ -171,7 +181,69 @@ def load_trained_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn
     return model, state
 
 
+def shard_indices(num_images: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The dataset indices rank ``rank`` of ``world_size`` predicts: the whole batches ``b`` of the
+    one-process run (images ``b * batch_size`` to ``b * batch_size + batch_size - 1``, in order)
+    with ``b % world_size == rank``.
+
+    Whole batches, not every ``world_size``-th image: a batch is padded to its largest image, and
+    padding changes a detector's features near the image border, so an image batched with other
+    images than in the one-process run could get other detections. Dealt this way, every image
+    sits in the same batch, at the same place, whatever the number of processes.
+    """
+    batch_size = max(int(batch_size), 1)
+    return [i for i in range(num_images) if (i // batch_size) % world_size == rank]
+
+
 @torch.no_grad()
+def predict_images(
+    model: torch.nn.Module,
+    dataset,
+    indices: list[int],
+    cat_ids: list[int],
+    device: torch.device,
+    batch_size: int = 8,
+    size_divisor: int = 32,
+    max_dets: int = 100,
+    num_workers: int = 0,
+    desc: str = "eval",
+    progress: bool = True,
+) -> list[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Run ``model`` over the images ``indices`` of ``dataset`` (in that order, ``batch_size`` at a
+    time); return one ``(dataset index, bbox records, segm records)`` per image, the records in the
+    order :func:`~pipeline.evaluation.detections_to_coco` gives them (score, highest first). Masks
+    are RLE-encoded per image as they are pasted, so no (K, H, W) array outlives its image."""
+    loader = DataLoader(
+        Subset(dataset, list(indices)),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=lambda b: collate_detection(b, size_divisor=size_divisor),
+    )
+    out: list[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]] = []
+    order = iter(indices)
+    for images, image_sizes, targets in tqdm(loader, desc=desc, unit="batch", mininterval=5.0, disable=not progress):
+        outputs = model(images.to(device), image_sizes, None)
+        for output, target in zip(outputs, targets):
+            bbox, segm = detections_to_coco(output, target, cat_ids, max_dets=max_dets)
+            out.append((next(order), bbox, segm))
+    return out
+
+
+def merge_shards(shards: list[list[tuple[int, list[dict[str, Any]], list[dict[str, Any]]]]]
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The (bbox, segm) records of every rank's :func:`predict_images` output in the canonical
+    order: by dataset index, and within an image in the model's order. The one-process run
+    writes the same order, so the result files do not depend on the number of processes."""
+    images = sorted((item for shard in shards for item in shard), key=lambda item: item[0])
+    indices = [i for i, _, _ in images]
+    if len(set(indices)) != len(indices):
+        raise RuntimeError("an image was predicted by more than one rank")
+    bbox = [r for _, b, _ in images for r in b]
+    segm = [r for _, _, s in images for r in s]
+    return bbox, segm
+
+
 def predict_split(
     model: torch.nn.Module,
     dataset,
@@ -183,24 +255,27 @@ def predict_split(
     num_workers: int = 0,
     desc: str = "eval",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Run ``model`` over ``dataset``; return (bbox records, segm records, seconds per image)."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=lambda b: collate_detection(b, size_divisor=size_divisor),
-    )
-    bbox: list[dict[str, Any]] = []
-    segm: list[dict[str, Any]] = []
-    start = time.time()
-    for images, image_sizes, targets in tqdm(loader, desc=desc, unit="batch", mininterval=5.0):
-        outputs = model(images.to(device), image_sizes, None)
-        for out, tgt in zip(outputs, targets):
-            b, s = detections_to_coco(out, tgt, cat_ids, max_dets=max_dets)
-            bbox.extend(b)
-            segm.extend(s)
-    return bbox, segm, (time.time() - start) / max(len(dataset), 1)
+    """Run ``model`` over ``dataset``; return (bbox records, segm records, seconds per image).
+
+    Under torchrun each rank predicts its share (:func:`shard_indices`) and rank 0 gathers the
+    records (:func:`pipeline.distributed.gather_to_main`) into the canonical order
+    (:func:`merge_shards`): rank 0 returns every image's records, the same list a single process
+    returns; the other ranks return empty lists. A rank's failure fails every rank (the failed
+    one re-raises its error, the others raise :class:`~pipeline.distributed.RankFailed` naming
+    it). Seconds per image: the wall time from the moment every rank starts to the end of the
+    gathering, over the split's images (so N processes show as a shorter time per image).
+    """
+    info = distributed.current()
+    indices = shard_indices(len(dataset), batch_size, info.rank, info.world_size)
+    distributed.barrier()
+    start = time.perf_counter()
+    shards = distributed.gather_to_main(
+        lambda: predict_images(model, dataset, indices, cat_ids, device, batch_size=batch_size,
+                               size_divisor=size_divisor, max_dets=max_dets, num_workers=num_workers,
+                               desc=desc, progress=info.is_main),
+        f"predicting {desc}")
+    bbox, segm = merge_shards(shards) if shards is not None else ([], [])
+    return bbox, segm, (time.perf_counter() - start) / max(len(dataset), 1)
 
 
 def pr_curve_file(metrics_root: Path, model_name: str, split_name: str, iou_type: str) -> Path:
@@ -341,7 +416,10 @@ def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset,
     for ``corner_snapping_off``, ``bbox_head.contour_snapping`` for ``contour_snapping_off``, ...)
     set to the variant's value (restored afterwards); write its detections to
     ``results/<model>/<split>_<variant>_<task>.json``. Returns (its metrics, with the value under
-    the switch's key, and seconds per image)."""
+    the switch's key, and seconds per image).
+
+    Under torchrun every rank predicts its share (:func:`predict_split`); rank 0 writes and scores,
+    the other ranks return ``({}, seconds per image)`` and write nothing."""
     name, value = variant
     switch = variant_switch(name)
     if switch is None:
@@ -349,6 +427,8 @@ def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset,
     with attribute_set(model.bbox_head, switch, value):
         bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{label} {name}",
                                                 **predict_kwargs)
+    if not distributed.current().is_main:
+        return {}, sec_per_img
     result_files = {t: results_dir / f"{split_name}_{name}_{t}.json" for t in ("bbox", "segm")}
     write_results(bbox, result_files["bbox"])
     if segm:
@@ -373,15 +453,25 @@ def evaluate_model(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate the run ``model_name`` (``weights/<model_name>.pth``), or with ``seed`` the run
     ``<model_name>_seed<seed>`` (:func:`pipeline.config.run_id`), on every split of
-    ``params['evaluate']['splits']``."""
+    ``params['evaluate']['splits']``.
+
+    Under torchrun (``WORLD_SIZE`` > 1; :func:`evaluate_processes` says when the stage launches it)
+    the process joins the group (gloo on CPU, NCCL on CUDA, one GPU per rank), every rank predicts
+    its share of each split and rank 0 alone writes the result and metrics files, scores and logs
+    to MLflow, with the same bytes as one process would (:func:`predict_split`). Returns the
+    metrics on rank 0, ``{}`` on the other ranks.
+    """
     ev_cfg = params.get("evaluate", {}) or {}
-    device = resolve_device((params.get("train") or {}).get("device", "auto"))
+    device_name = (params.get("train") or {}).get("device", "auto")
+    info = distributed.init_distributed("cuda" if device_name != "cpu" and torch.cuda.is_available() else "cpu")
+    device = resolve_device(device_name, info.local_rank)
     entry, given_seed = model_name, seed
     model_name = run_id(entry, given_seed)  # the run, from here on
     seed = training_seed(params, given_seed)
     weights = weights_file(model_name, weights_root)
     model, state = load_trained_model(weights, device)
-    weights_sha = file_digest(weights) if weights.exists() else "unknown"  # tags the MLflow runs
+    track = track and info.is_main
+    weights_sha = file_digest(weights) if weights.exists() and info.is_main else "unknown"  # tags the MLflow runs
     model_id = logged_model_id(model_name, weights_sha) if track and weights.exists() else None
     cfg = state["config"]
     cat_ids = state["cat_ids"]
@@ -389,7 +479,8 @@ def evaluate_model(
     max_dets = int(ev_cfg.get("max_dets", 100))
     engine = check_engine(ev_cfg.get("engine", DEFAULT_ENGINE))
     results_dir = Path(results_root) / model_name
-    results_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        results_dir.mkdir(parents=True, exist_ok=True)
     variants = snapping_variants(model)
     all_metrics: dict[str, dict[str, Any]] = {}
     for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
@@ -408,6 +499,12 @@ def evaluate_model(
         )
         bbox, segm, sec_per_img = predict_split(model, dataset, cat_ids, device, desc=f"{model_name} {split_name}",
                                                 **predict_kwargs)
+        if not info.is_main:  # its share is with rank 0; the variants' predictions are shared too
+            if variants and split.has_annotations and split_name in VARIANT_SPLITS:
+                for variant in variants:
+                    evaluate_variant(model, variant, dataset, cat_ids, device, None, None, results_dir,
+                                     f"{model_name} {split_name}", split_name, predict_kwargs, engine)
+            continue
         result_files = {t: results_dir / f"{split_name}_{t}.json" for t in ("bbox", "segm")}
         files = write_results(bbox, result_files["bbox"])
         if segm:
@@ -487,19 +584,65 @@ def evaluate_model(
     return all_metrics
 
 
+#: The errors :func:`main` turns into a one-line exit message (``[evaluate] <message>``, status 1).
+STAGE_ERRORS = (WeightsError, TrackingStoreError, DataError, ConfigError, distributed.RankFailed)
+
+
+def evaluate_processes(params: dict[str, Any], override: int | None = None) -> int:
+    """How many processes the evaluate stage shards its inference over (torchrun, one per GPU on
+    CUDA, gloo on CPU).
+
+    ``override`` (``--processes``) when given; else ``evaluate.processes`` when above 1 (CPU
+    processes are allowed: each predicts its share with one thread, so a multi-core machine
+    evaluates faster); else, as the train stage, ``train.gpus`` when it is above 1 and CUDA is
+    present and not turned off by ``train.device: cpu``; else 1. On CUDA each process needs a GPU
+    of its own: more processes than visible GPUs is a ConfigError. The result files do not depend
+    on the number (:func:`predict_split`), so no stage depends on this setting.
+    """
+    ev_cfg = params.get("evaluate") or {}
+    runtime = params.get("train") or {}
+    if override is not None:
+        processes = override
+    else:
+        value = ev_cfg.get("processes", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"evaluate.processes: {value!r} is not a positive integer")
+        processes = value
+    on_cuda = runtime.get("device", "auto") != "cpu" and torch.cuda.is_available()
+    if override is None and processes == 1 and on_cuda:
+        processes = max(int(runtime.get("gpus", 1) or 1), 1)
+    if on_cuda and processes > torch.cuda.device_count():
+        raise ConfigError(f"evaluate: {processes} processes asked for but only {torch.cuda.device_count()} CUDA "
+                          f"devices are visible (evaluate.processes, train.gpus or --processes)")
+    return processes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a key of 'models' (or 'ablations') in params.yaml")
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--seed", type=int, default=None,
                         help="evaluate the run <model>_seed<SEED> (trained with `pipeline.train --seed SEED`)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="processes to shard the evaluation over (default: evaluate.processes, or "
+                             "train.gpus on CUDA; see evaluate_processes); the result files are the same")
     args = parser.parse_args(argv)
     if args.seed is not None and args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
+    if args.processes is not None and args.processes < 1:
+        parser.error(f"--processes must be a positive integer, got {args.processes}")
     try:
-        evaluate_model(args.model, load_params(args.params), seed=args.seed)
-    except (WeightsError, TrackingStoreError, DataError, ConfigError) as e:
+        params = load_params(args.params)
+        processes = evaluate_processes(params, args.processes)
+    except ConfigError as e:
         raise SystemExit(f"[evaluate] {e}") from e
+    distributed.relaunch_with_torchrun("pipeline.evaluate", processes, argv, label="[evaluate]")
+    try:
+        evaluate_model(args.model, params, seed=args.seed)
+    except STAGE_ERRORS as e:
+        raise SystemExit(f"[evaluate] {e}") from e
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

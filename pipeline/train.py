@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
-import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,10 +55,7 @@ def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> No
     available = torch.cuda.device_count()
     if gpus > available:
         raise SystemExit(f"[train] train.gpus = {gpus} but only {available} CUDA devices are visible")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "pipeline.train", *(sys.argv[1:] if argv is None else argv)]
-    print("[train] launching: " + " ".join(cmd), flush=True)
-    raise SystemExit(subprocess.call(cmd))
+    distributed.relaunch_with_torchrun("pipeline.train", gpus, argv, label="[train]")
 
 
 @contextmanager
