@@ -6,6 +6,10 @@ has ``model`` (see :mod:`models.build` for its layout; keys are constructor argu
 and ``schedule`` (SGD, warmup, steps in epochs, batch). ``pipeline/config.py`` resolves an
 entry and deep-merges params.yaml overrides on top. Values are plain YAML types.
 
+``schedule.auto_scale_lr`` (true in every paper schedule, false at the CPU scale): ``lr`` is the
+rate for the preset's total batch ``num_gpus x images_per_gpu``, and the train stage scales it
+linearly to the run's actual total batch (:func:`pipeline.engine.lr_scaling`, mmdetection's rule).
+
 Each family defines its presets in its own folder (``models/<family>/presets.py``), on the
 Faster R-CNN base of :mod:`models.common.presets`; this module only gathers them.
 """

@@ -12,9 +12,15 @@ the target, so a kill at any moment leaves either the old or the new file, never
 Layout of ``checkpoints/<run>/`` (the resumable state: git-ignored, no DVC output, never
 pushed; a finished run's weights go to ``weights/<run>.pth``, the train stage's output)::
 
-    epoch_0001.pth ...   full training state after each epoch (the newest few are kept)
+    epoch_0001.pth ...   full training state after each epoch (the newest ``keep_last`` are kept)
+    iter_00000750.pth    full training state in the middle of an epoch, after that global
+                         iteration (``train.checkpoint_every``, or a preemption signal): only the
+                         newest one is kept, and it is deleted once an epoch checkpoint follows
+                         it; mid-epoch checkpoints never count toward ``keep_last``
     latest.json          {"file": "epoch_0003.pth", "epoch": 3, "iteration": 750, "fingerprint": ...,
-                          "mlflow_run_id": ...}  (the run a resumed training continues)
+                          "mlflow_run_id": ...}  (the run a resumed training continues); a
+                         mid-epoch checkpoint's record adds "batch_in_epoch" (batches of epoch
+                         "epoch" + 1 already trained; "epoch" counts the finished epochs)
 """
 from __future__ import annotations
 
@@ -156,13 +162,25 @@ class CheckpointManager:
         return stale
 
     def save(self, state: dict[str, Any], epoch: int, iteration: int, fingerprint: str,
-             extra: dict[str, Any] | None = None) -> Path:
-        """Write ``state`` as the checkpoint of ``epoch`` and point latest.json at it (with the
-        ``extra`` fields, e.g. the MLflow run id a resumed training continues)."""
-        name = f"epoch_{epoch:04d}.pth"
+             extra: dict[str, Any] | None = None, batch_in_epoch: int = 0) -> Path:
+        """Write ``state`` as a checkpoint and point latest.json at it (with the ``extra`` fields,
+        e.g. the MLflow run id a resumed training continues).
+
+        ``batch_in_epoch`` 0: the checkpoint after ``epoch`` finished epochs (``epoch_<epoch>.pth``);
+        more: a mid-epoch checkpoint after global iteration ``iteration``, ``batch_in_epoch``
+        batches into epoch ``epoch + 1`` (``iter_<iteration>.pth``). The file is complete on disk
+        before latest.json names it, and older files are removed only after (module docstring:
+        which ones are kept).
+        """
+        if batch_in_epoch < 0:
+            raise ValueError(f"batch_in_epoch must be >= 0, got {batch_in_epoch}")
+        name = f"iter_{iteration:08d}.pth" if batch_in_epoch else f"epoch_{epoch:04d}.pth"
         path = self.directory / name
         atomic_torch_save(state, path)
-        record = {"file": name, "epoch": epoch, "iteration": iteration, "fingerprint": fingerprint, **(extra or {})}
+        record = {"file": name, "epoch": epoch, "iteration": iteration, "fingerprint": fingerprint}
+        if batch_in_epoch:
+            record["batch_in_epoch"] = batch_in_epoch
+        record.update(extra or {})
         atomic_write_text(self.latest_file, json.dumps(record, indent=2) + "\n")
         self._prune(keep=name)
         return path
@@ -195,7 +213,12 @@ class CheckpointManager:
         return prev
 
     def _prune(self, keep: str) -> None:
+        """Keep the newest ``keep_last`` epoch checkpoints and no mid-epoch one but ``keep`` (the
+        file latest.json now names): a mid-epoch checkpoint is superseded by any later one."""
         epochs = sorted(self.directory.glob("epoch_*.pth"))
         for p in epochs[: -self.keep_last]:
+            if p.name != keep:
+                p.unlink()
+        for p in self.directory.glob("iter_*.pth"):
             if p.name != keep:
                 p.unlink()

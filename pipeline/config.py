@@ -266,6 +266,8 @@ def _kind(value: Any) -> str:
 OPTIONAL_KEYS: dict[tuple[str, ...], str] = {
     ("schedule", "max_iters"): "number",  # train for this many iterations instead of epochs
     ("schedule", "sync_bn"): "bool",  # SyncBN under DDP
+    # scale lr linearly with the actual total batch (pipeline.engine.lr_scaling); every preset sets it
+    ("schedule", "auto_scale_lr"): "bool",
 }
 
 

@@ -11,6 +11,7 @@ failed.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -112,19 +113,46 @@ def torchrun_command(module: str, processes: int, argv: list[str]) -> list[str]:
             "-m", module, *argv]
 
 
+def run_torchrun(module: str, processes: int, argv: list[str], label: str = "",
+                 forward_signals: tuple[int, ...] = ()) -> tuple[int, int | None]:
+    """Run ``python -m <module> <argv>`` under torchrun with ``processes`` processes and wait.
+
+    While it runs, each signal of ``forward_signals`` that reaches this process is passed on to
+    torchrun as SIGTERM (which torchrun sends on to every rank); the handlers are restored after.
+    Returns (torchrun's exit status, the first forwarded signal's number or None).
+    """
+    cmd = torchrun_command(module, processes, argv)
+    print(f"{label + ' ' if label else ''}launching: " + " ".join(cmd), flush=True)
+    child = subprocess.Popen(cmd)
+    forwarded: list[int] = []
+
+    def forward(signum, frame):  # noqa: ARG001 (signal handler signature)
+        forwarded.append(signum)
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in forward_signals}
+    try:
+        rc = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return rc, (forwarded[0] if forwarded else None)
+
+
 def relaunch_with_torchrun(module: str, processes: int, argv: list[str] | None = None, label: str = "") -> None:
     """Re-run ``python -m <module> <argv>`` (default: this command's arguments) under torchrun with
     ``processes`` processes and exit with torchrun's status. Does nothing (returns) for one
     process or when already under torchrun (``WORLD_SIZE`` set), so a stage calls it first thing.
 
-    The caller decides ``processes`` (the train stage from ``train.gpus``, the evaluate stage from
-    ``evaluate.processes``); ``label`` prefixes the printed command (``[train]``).
+    The caller decides ``processes`` (the evaluate stage from ``evaluate.processes``); ``label``
+    prefixes the printed command (``[evaluate]``). The train stage uses :func:`run_torchrun`
+    itself, to forward preemption signals.
     """
     if processes <= 1 or "WORLD_SIZE" in os.environ:
         return
-    cmd = torchrun_command(module, processes, sys.argv[1:] if argv is None else list(argv))
-    print(f"{label + ' ' if label else ''}launching: " + " ".join(cmd), flush=True)
-    raise SystemExit(subprocess.call(cmd))
+    rc, _ = run_torchrun(module, processes, sys.argv[1:] if argv is None else list(argv), label)
+    raise SystemExit(rc)
 
 
 def gather_to_main(work: Callable[[], Any], what: str) -> list[Any] | None:

@@ -1,12 +1,25 @@
 """The training loop: SGD with linear warmup and step decay, gradient clipping, AMP on
-CUDA, DDP, per-epoch atomic checkpoints and exact resume.
+CUDA, DDP, atomic checkpoints (at epoch ends, every ``checkpoint_every`` iterations, and on a
+preemption signal) and exact resume, also from the middle of an epoch.
 
 Exactness of resume: all randomness is either drawn from the global RNGs (model init,
-proposal sampling, DataLoader seeds), whose states are checkpointed at each epoch end, or
-derived from ``(seed, epoch, index)`` inside the dataset and the batch sampler. A run
-that is killed and resumed from its last epoch checkpoint therefore repeats the lost
-iterations exactly and ends with the same parameters as an uninterrupted run (on CPU;
-CUDA kernels may be non-deterministic).
+proposal sampling, DataLoader seeds), whose states are checkpointed, or derived from
+``(seed, epoch, index)`` inside the dataset and the batch sampler. The batches of an epoch
+are therefore a function of the seed and the epoch alone (also with DataLoader workers: a
+worker's seed is never used, each sample seeds its own generator), so a checkpoint only needs
+the epoch and the number of its batches already trained: the resumed loader skips those
+batches without loading them (:class:`SkipBatches`). The global RNG states of a mid-epoch
+checkpoint are restored after the resumed epoch's DataLoader iterator is made (making it draws
+the workers' base seed), where the uninterrupted run stood when it saved them. A run that is
+killed and resumed from its last checkpoint therefore repeats the lost iterations exactly and
+ends with the same parameters as an uninterrupted run (on CPU; CUDA kernels may be
+non-deterministic).
+
+Preemption: :class:`StopRequest` is set by a signal handler (``pipeline.train`` installs one
+for SIGTERM and SIGUSR1); the loop looks at it after every iteration, saves a checkpoint at
+that iteration boundary and raises :class:`Preempted` (exit status :data:`EXIT_PREEMPTED`).
+Under DDP the flag travels in the per-iteration all-reduce of the losses, so every rank stops
+after the same iteration.
 """
 from __future__ import annotations
 
@@ -16,6 +29,8 @@ import json
 import random
 import sys
 import time
+import itertools
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -78,6 +93,133 @@ class WarmupStepSchedule:
         return factor
 
 
+#: Exit status of a training stopped by a preemption signal after checkpointing (BSD's
+#: ``EX_TEMPFAIL``: try again later). Re-running the same command resumes the training.
+EXIT_PREEMPTED = 75
+
+
+class StopRequest:
+    """A request to stop training at the next iteration boundary, set from a signal handler.
+
+    Setting it only records the signal (safe inside a handler); :class:`Trainer` reads it after
+    each iteration. Setting it twice keeps the first signal (a scheduler that signals both a
+    launcher and its children must not turn the graceful stop into an abrupt one).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def set(self, signum: int) -> None:
+        if self.signum is None:
+            self.signum = int(signum)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """The signal's name, e.g. ``SIGTERM`` (``signal 99`` for an unknown number)."""
+        if self.signum is None:
+            return "none"
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
+class Preempted(SystemExit):
+    """Training stopped on a preemption signal after saving a checkpoint at an iteration boundary.
+
+    A :class:`SystemExit` with status :data:`EXIT_PREEMPTED`, so an uncaught one ends the process
+    with that status and no traceback; the MLflow run it ends gets status ``run_status``
+    (:class:`pipeline.tracking.Tracker` reads it).
+    """
+
+    run_status = "KILLED"
+
+    def __init__(self, signal_name: str, iteration: int, checkpoint: str | None) -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.signal_name = signal_name
+        self.iteration = int(iteration)
+        self.checkpoint = checkpoint
+
+    def __str__(self) -> str:
+        return (f"preempted by {self.signal_name} after iteration {self.iteration}"
+                + (f"; checkpoint {self.checkpoint}" if self.checkpoint else ""))
+
+
+class SkipBatches(torch.utils.data.Sampler[list[int]]):
+    """The batches of ``batch_sampler`` from batch ``skip`` on: the rest of an epoch a mid-epoch
+    checkpoint stopped in. Correct only for a batch sampler whose order is a function of its
+    epoch (``set_epoch``) alone, as :class:`pipeline.data.GroupedBatchSampler`'s is; the skipped
+    batches' images are never loaded."""
+
+    def __init__(self, batch_sampler, skip: int) -> None:
+        if skip < 0 or skip > len(batch_sampler):
+            raise ValueError(f"cannot skip {skip} of {len(batch_sampler)} batches")
+        self.batch_sampler = batch_sampler
+        self.skip = int(skip)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler) - self.skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+
+@dataclass(frozen=True)
+class LrScaling:
+    """The learning rate a run trains with under the linear scaling rule.
+
+    ``preset_batch``: the preset's total batch, ``num_gpus x images_per_gpu`` of the preset's own
+    schedule (params overrides of ``images_per_gpu`` change the actual batch, not this one);
+    ``actual_batch``: processes x ``images_per_gpu`` of this run; ``base_lr``: the schedule's
+    ``lr`` (the rate for the preset's batch); ``lr``: the rate used, ``base_lr x actual_batch /
+    preset_batch`` when ``enabled`` (schedule ``auto_scale_lr``), else ``base_lr``.
+    """
+
+    enabled: bool
+    preset_batch: int
+    actual_batch: int
+    base_lr: float
+    lr: float
+
+    def describe(self) -> str:
+        """One console line: both batches and the lr used."""
+        if self.preset_batch == self.actual_batch:
+            return f"batch {self.actual_batch} images (the preset's), lr {self.lr:g}"
+        if self.enabled:
+            return (f"batch {self.actual_batch} images, preset batch {self.preset_batch}: lr scaled linearly "
+                    f"{self.base_lr:g} x {self.actual_batch}/{self.preset_batch} = {self.lr:g} (schedule.auto_scale_lr)")
+        return (f"batch {self.actual_batch} images, preset batch {self.preset_batch}: lr left at {self.lr:g} "
+                f"(schedule.auto_scale_lr is off)")
+
+    def params(self) -> dict[str, Any]:
+        """What the MLflow run records as params ``lr_scaling.*``."""
+        return {"auto_scale_lr": self.enabled, "preset_batch": self.preset_batch,
+                "actual_batch": self.actual_batch, "base_lr": self.base_lr, "lr": self.lr}
+
+
+def lr_scaling(schedule: dict[str, Any], preset_schedule: dict[str, Any], world_size: int) -> LrScaling:
+    """mmdetection's linear rule (``auto_scale_lr``): ``lr x actual_total_batch / preset_total_batch``.
+
+    Args:
+        schedule: the run's resolved schedule (``lr``, ``images_per_gpu``, ``auto_scale_lr``).
+        preset_schedule: the preset's own schedule at the run's scale, before params overrides
+            (``num_gpus``, default 1, and ``images_per_gpu`` give the preset's total batch).
+        world_size: training processes (one GPU each).
+    """
+    preset_batch = int(preset_schedule.get("num_gpus", 1)) * int(preset_schedule["images_per_gpu"])
+    actual_batch = int(world_size) * int(schedule["images_per_gpu"])
+    if preset_batch <= 0 or actual_batch <= 0:
+        raise ValueError(f"batch sizes must be positive: preset {preset_batch}, actual {actual_batch}")
+    enabled = bool(schedule.get("auto_scale_lr", False))
+    base_lr = float(schedule["lr"])
+    lr = base_lr * actual_batch / preset_batch if enabled else base_lr
+    return LrScaling(enabled, preset_batch, actual_batch, base_lr, lr)
+
+
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     return [
         {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
@@ -137,7 +279,7 @@ class Trainer:
             An iteration-based schedule (mmdetection's ``IterBasedRunner``) sets ``max_iters``:
             training stops after that many iterations, ``epochs`` becomes the number of
             (partial) passes they take, and ``lr_steps`` are read in iterations.
-        checkpoints: where epoch checkpoints go.
+        checkpoints: where the checkpoints go.
         fingerprint: hash of everything that defines the run; resume only when equal.
         device: torch device of this rank.
         amp: use autocast + GradScaler (CUDA only; ignored on CPU).
@@ -146,6 +288,10 @@ class Trainer:
         tracker: MLflow tracker (per-iteration losses and lr are logged to it).
         dist_info: rank / world size.
         stop_at_iteration: stop (as if killed) before this global iteration; for tests.
+        checkpoint_every: also checkpoint after every global iteration that is a multiple of
+            this, in the middle of an epoch (0: at epoch ends only). Results do not depend on it.
+        stop_request: when set (by a signal handler), stop after the current iteration, save a
+            checkpoint there and raise :class:`Preempted`.
     """
 
     def __init__(
@@ -165,6 +311,8 @@ class Trainer:
         dist_info: distributed.DistInfo = distributed.DistInfo(),
         stop_at_iteration: int | None = None,
         find_unused_parameters: bool = False,
+        checkpoint_every: int = 0,
+        stop_request: StopRequest | None = None,
     ) -> None:
         self.device = device
         self.dist = dist_info
@@ -201,6 +349,10 @@ class Trainer:
         self.log_interval = max(1, int(log_interval))
         self.tracker = tracker
         self.stop_at_iteration = stop_at_iteration
+        if int(checkpoint_every) < 0:
+            raise ValueError(f"train.checkpoint_every must be >= 0 (0: epoch ends only), got {checkpoint_every}")
+        self.checkpoint_every = int(checkpoint_every)
+        self.stop_request = stop_request
         self.grad_clip = schedule.get("grad_clip")
 
         self.optimizer = torch.optim.SGD(
@@ -219,12 +371,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.start_epoch = 0
+        self.start_batch = 0  # batches of epoch start_epoch already trained (a mid-epoch checkpoint)
+        self._pending_rng: dict[str, Any] | None = None  # restored once the resumed epoch's loader exists
         self.iteration = 0
         self.train_seconds = 0.0  # wall time spent in training iterations, over all resumed runs
         self.history: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self, epoch: int, batch_in_epoch: int = 0) -> dict[str, Any]:
+        """The training state after ``epoch`` finished epochs and ``batch_in_epoch`` batches of the
+        next one (tensors and plain containers only)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -232,6 +388,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
             "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
             "iteration": self.iteration,
             "fingerprint": self.fingerprint,
             "history": self.history,
@@ -239,7 +396,8 @@ class Trainer:
         }
 
     def resume_if_possible(self) -> int:
-        """Load the newest checkpoint when its fingerprint matches; return its epoch (0 if none).
+        """Load the newest checkpoint when its fingerprint matches; return its epoch (0 if none):
+        the finished epochs (a mid-epoch checkpoint also sets :attr:`start_batch`).
 
         A checkpoint of a different configuration is moved to ``previous/``, not deleted.
         """
@@ -262,26 +420,38 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
+        self.start_batch = int(state.get("batch_in_epoch", 0))
         self.iteration = int(state["iteration"])
+        expected = min(self.start_epoch * self.iters_per_epoch + self.start_batch, self.max_iters)
+        if self.iteration != expected or self.start_batch >= self.iters_per_epoch:
+            raise RuntimeError(
+                f"{self.checkpoints.directory / record['file']}: iteration {self.iteration} does not match "
+                f"epoch {self.start_epoch} + {self.start_batch} batches at {self.iters_per_epoch} batches per "
+                f"epoch; move {self.checkpoints.directory} aside (or train with --no-resume) to start afresh")
+        if self.start_batch:  # the RNGs stood there after the epoch's DataLoader iterator was made
+            self._pending_rng = state["rng"]
+        else:
+            set_rng_state(state["rng"])
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         if self.dist.is_main:
             print(
                 f"[train] resumed from {self.checkpoints.directory / record['file']} "
-                f"(epoch {self.start_epoch}, iteration {self.iteration})",
+                f"(epoch {self.start_epoch}" + (f" + {self.start_batch} batches" if self.start_batch else "")
+                + f", iteration {self.iteration})",
                 flush=True,
             )
         return self.start_epoch
 
     # ------------------------------------------------------------------ loop
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int, skip: int = 0) -> DataLoader:
+        """The DataLoader of ``epoch`` (0-based), from its batch ``skip`` on."""
         self.dataset.set_epoch(epoch)
         self.batch_sampler.set_epoch(epoch)
         return DataLoader(
             self.dataset,
-            batch_sampler=self.batch_sampler,
+            batch_sampler=SkipBatches(self.batch_sampler, skip) if skip else self.batch_sampler,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
@@ -297,7 +467,7 @@ class Trainer:
         if not torch.isfinite(total):
             values = {k: float(v) for k, v in outputs.items()}
             raise FloatingPointError(
-                f"non-finite loss at iteration {self.iteration}: {values}; the last epoch "
+                f"non-finite loss at iteration {self.iteration}: {values}; the last "
                 f"checkpoint in {self.checkpoints.directory} is intact"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -312,10 +482,33 @@ class Trainer:
         record["loss"] = float(total.detach())
         return record
 
+    def _save(self, epoch: int, batch_in_epoch: int = 0) -> str | None:
+        """Checkpoint the state after ``epoch`` finished epochs and ``batch_in_epoch`` batches of
+        the next (rank 0 writes, every rank waits). Metrics first, then the checkpoint: every
+        step up to a checkpoint is in the store when the checkpoint exists (a resume skips the
+        steps the store already has). Returns the file written (None on other ranks)."""
+        path = None
+        if self.dist.is_main:
+            if self.tracker is not None:
+                self.tracker.flush()
+            run_id = getattr(self.tracker, "run_id", None)
+            path = self.checkpoints.save(self.state_dict(epoch, batch_in_epoch), epoch, self.iteration,
+                                         self.fingerprint, extra={"mlflow_run_id": run_id} if run_id else None,
+                                         batch_in_epoch=batch_in_epoch)
+        distributed.barrier()
+        return None if path is None else str(path)
+
+    def _stop_requested(self) -> bool:
+        """Whether a preemption signal reached this process (its :class:`StopRequest`). Under DDP
+        :meth:`train` sends the answer with the iteration's losses through their all-reduce, so
+        every rank learns whether any rank was signalled and all stop after the same iteration,
+        at no extra collective."""
+        return self.stop_request is not None and self.stop_request.requested
+
     def train(self) -> TrainResult:
         resumed = self.resume_if_possible()
         start_time = time.time()
-        epoch_start = start_time
+        segment_start = start_time
         is_main = self.dist.is_main
         bar = tqdm(
             total=self.max_iters,
@@ -328,18 +521,30 @@ class Trainer:
             file=sys.stderr,
         )
         last: dict[str, float] = {}
+        stop = False
         self.ddp_model.train()
         for epoch in range(self.start_epoch, self.epochs):
-            for images, image_sizes, targets in self._loader(epoch):
+            batch_in_epoch = self.start_batch if epoch == self.start_epoch else 0
+            batches = iter(self._loader(epoch, batch_in_epoch))  # draws the workers' base seed
+            if self._pending_rng is not None:  # a mid-epoch checkpoint's RNGs, saved at this point
+                set_rng_state(self._pending_rng)
+                self._pending_rng = None
+            for images, image_sizes, targets in batches:
                 if self.stop_at_iteration is not None and self.iteration >= self.stop_at_iteration:
                     bar.close()
                     raise KeyboardInterrupt(f"stopped at iteration {self.iteration} (test hook)")
                 lr = self.optimizer.param_groups[0]["lr"]
                 record = self._step(images, image_sizes, targets)
                 if self.dist.distributed:
+                    # the stop flag rides on the losses' all-reduce: any rank signalled -> mean > 0
+                    record["_stop"] = float(self._stop_requested())
                     record = distributed.all_reduce_mean(record, self.device)
+                    stop = record.pop("_stop") > 0
+                else:
+                    stop = self._stop_requested()
                 record["lr"] = lr
                 self.iteration += 1
+                batch_in_epoch += 1
                 row = {"iteration": self.iteration, "epoch": epoch + 1, **record}
                 self.history.append(row)
                 if self.tracker is not None:
@@ -353,20 +558,28 @@ class Trainer:
                     if is_main and not sys.stderr.isatty():
                         items = " ".join(f"{k}={v}" for k, v in shown.items())
                         print(f"[train] epoch {epoch + 1}/{self.epochs} iter {self.iteration}/{self.max_iters} {items}", flush=True)
-                if self.iteration >= self.max_iters:  # an iteration-based schedule ends mid-epoch
+                if self.iteration >= self.max_iters or batch_in_epoch >= self.iters_per_epoch:
+                    break  # the epoch (or an iteration-based schedule) ends: the epoch checkpoint follows
+                if stop:
                     break
+                if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                    now = time.time()
+                    self.train_seconds += now - segment_start
+                    segment_start = now
+                    self._save(epoch, batch_in_epoch)
             now = time.time()
-            self.train_seconds += now - epoch_start
-            epoch_start = now
-            if is_main:
-                # Metrics first, then the checkpoint: every step up to a checkpoint is in the store
-                # when the checkpoint exists (a resume skips the steps the store already has).
-                if self.tracker is not None:
-                    self.tracker.flush()
-                run_id = getattr(self.tracker, "run_id", None)
-                self.checkpoints.save(self.state_dict(epoch + 1), epoch + 1, self.iteration, self.fingerprint,
-                                      extra={"mlflow_run_id": run_id} if run_id else None)
-            distributed.barrier()
+            self.train_seconds += now - segment_start
+            segment_start = now
+            stopped_mid_epoch = stop and batch_in_epoch < self.iters_per_epoch and self.iteration < self.max_iters
+            saved = self._save(epoch, batch_in_epoch) if stopped_mid_epoch else self._save(epoch + 1)
+            if stop and self.iteration < self.max_iters:  # a finished training just finishes
+                bar.close()
+                signal_name = self.stop_request.name if self.stop_request is not None else "a signal"
+                if is_main:
+                    print(f"[train] {signal_name}: stopped after iteration {self.iteration}/{self.max_iters}, "
+                          f"checkpoint {saved}; run the same command again to resume "
+                          f"(exit status {EXIT_PREEMPTED})", flush=True)
+                raise Preempted(signal_name, self.iteration, saved)
         bar.close()
         elapsed = time.time() - start_time
         return TrainResult(
@@ -407,10 +620,16 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 __all__ = [
+    "EXIT_PREEMPTED",
+    "LrScaling",
+    "Preempted",
+    "SkipBatches",
+    "StopRequest",
     "Trainer",
     "TrainResult",
     "WarmupStepSchedule",
     "config_fingerprint",
+    "lr_scaling",
     "resolve_device",
     "seed_everything",
     "write_history_csv",

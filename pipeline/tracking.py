@@ -148,7 +148,8 @@ class Tracker:
 
     Metrics logged with :meth:`log_metrics` are buffered and written in batches (every
     ``flush_every`` calls and on exit), so per-iteration losses cost little. On an
-    exception the run ends FAILED (KILLED on Ctrl-C or SIGTERM) and what was logged is kept.
+    exception the run ends FAILED (KILLED on Ctrl-C, or on an exception whose ``run_status``
+    says so: :class:`pipeline.engine.Preempted`) and what was logged is kept.
 
     ``resume_run_id`` (a resumed training: the id its checkpoint recorded) continues that run
     instead of opening a new one: its status goes back to RUNNING, its params stay, and a
@@ -252,6 +253,8 @@ class Tracker:
 
         if exc_type is None:
             status = "FINISHED"
+        elif getattr(exc, "run_status", None):  # an exception that says how its run ends (a preemption)
+            status = str(exc.run_status)
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "KILLED"  # MLflow's own context manager would say FAILED
         else:

@@ -6,7 +6,8 @@
 Writes the final weights ``weights/<run>.pth`` (the stage's DVC-cached output),
 ``metrics/<run>/train.json`` and ``metrics/<run>/train_curve.csv``, and records an
 MLflow run ``train/<run>`` (params, per-iteration losses and lr, timings, the curve as an
-artifact). The resumable epoch state goes to ``checkpoints/<run>/``, outside DVC's outputs:
+artifact). The resumable state (epoch checkpoints, and mid-epoch ones every
+``train.checkpoint_every`` iterations) goes to ``checkpoints/<run>/``, outside DVC's outputs:
 DVC neither deletes it before a run (so a killed run resumes) nor pushes it, and the run-cache
 stays on. The weights file holds no time or path, so an identical retrain gives it the same hash.
 It holds tensors and plain containers only (it loads with ``torch.load(weights_only=True)``) and
@@ -20,12 +21,23 @@ trained with seed K (:func:`pipeline.config.run_id`).
 With ``train.gpus > 1`` in params.yaml and CUDA present, the stage re-launches itself
 under ``torchrun --nproc_per_node <gpus>`` (DDP over NCCL). Under torchrun on CPU (gloo)
 it trains with several processes as well, which the tests use.
+
+Preemption: SIGTERM or SIGUSR1 (a cluster scheduler's warning before it kills the job) lets the
+current iteration finish, saves a checkpoint at that iteration boundary, tags the MLflow run
+``detlab.preempted=true``, ends it KILLED and exits with status 75
+(:data:`pipeline.engine.EXIT_PREEMPTED`, ``EX_TEMPFAIL``). Running the same command again
+resumes from that checkpoint and continues the same MLflow run. Under torchrun every rank stops
+after the same iteration; the launching process forwards the signal to torchrun as SIGTERM,
+which passes it on to the ranks.
+
+Exit status: 0 trained (or already trained), 75 preempted (run again to resume), 1 an error.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,15 +50,22 @@ from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fin
 from pipeline.config import load_params, resolve_model_config, run_id, training_seed
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.logged_model import log_and_register
-from pipeline.engine import Trainer, resolve_device, seed_everything, write_history_csv, write_json
+from pipeline.engine import (EXIT_PREEMPTED, Preempted, StopRequest, Trainer, lr_scaling, resolve_device,
+                             seed_everything, write_history_csv, write_json)
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
 from pipeline.weights_io import DIGEST_KEY, tensor_digest
 
 
+#: The signals that ask a training to stop at the next iteration boundary, checkpointed.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
     """Re-run ``python -m pipeline.train <argv>`` (default: this command's arguments) under
-    torchrun when more than one GPU is asked for; exits with torchrun's status."""
+    torchrun when more than one GPU is asked for; exits with torchrun's status, or with
+    :data:`EXIT_PREEMPTED` when a preemption signal was forwarded to it and it did not succeed
+    (torchrun reports its ranks' status 75 as a failure)."""
     if gpus <= 1 or "WORLD_SIZE" in os.environ:
         return
     if not torch.cuda.is_available():
@@ -55,26 +74,34 @@ def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> No
     available = torch.cuda.device_count()
     if gpus > available:
         raise SystemExit(f"[train] train.gpus = {gpus} but only {available} CUDA devices are visible")
-    distributed.relaunch_with_torchrun("pipeline.train", gpus, argv, label="[train]")
+    rc, forwarded = distributed.run_torchrun("pipeline.train", gpus, sys.argv[1:] if argv is None else list(argv),
+                                             label="[train]", forward_signals=PREEMPTION_SIGNALS)
+    if forwarded is not None and rc != 0:
+        print(f"[train] {signal.Signals(forwarded).name} forwarded to torchrun, which exited with status {rc}; "
+              f"the ranks checkpointed at the same iteration: run the same command again to resume", flush=True)
+        raise SystemExit(EXIT_PREEMPTED)
+    raise SystemExit(rc)
 
 
 @contextmanager
-def sigterm_as_interrupt():
-    """Within the block, SIGTERM (a cluster scheduler's stop, ``kill``) raises KeyboardInterrupt,
-    so the MLflow run ends KILLED rather than staying RUNNING; the epoch checkpoints on disk make
-    the next start resume. Only in the main thread (signals cannot be set elsewhere)."""
+def preemption_signals(request: StopRequest):
+    """Within the block, SIGTERM and SIGUSR1 (:data:`PREEMPTION_SIGNALS`: a scheduler's stop or its
+    warning before one, ``kill``) set ``request`` instead of ending the process: the training
+    stops after the current iteration, checkpointed (:class:`pipeline.engine.Preempted`). Only
+    in the main thread (signals cannot be set elsewhere); the previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+    def note(signum, frame):
+        request.set(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, note) for s in PREEMPTION_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def dataset_description(manifest, split: str, num_images: int) -> str:
@@ -135,8 +162,14 @@ def run_training(
 
     Returns:
         (the train metrics written to ``metrics/<run>/train.json``, the trained model).
+
+    Raises:
+        Preempted: SIGTERM or SIGUSR1 arrived; the training stopped after an iteration and saved a
+            checkpoint there (a :class:`SystemExit` with status :data:`EXIT_PREEMPTED`). Calling
+            again resumes.
     """
     from models.build import build_model
+    from models.presets import PRESETS
 
     cfg = resolve_model_config(params, model_name)
     runtime = params.get("train", {}) or {}
@@ -172,14 +205,9 @@ def run_training(
         ckpt.set_aside("started with --no-resume")
     distributed.barrier()
 
-    expected = int(schedule.get("num_gpus", 1)) * batch_size
-    actual = dist_info.world_size * batch_size
-    if dist_info.is_main and expected != actual:
-        print(
-            f"[train] note: preset batch is {expected} images ({schedule.get('num_gpus', 1)} GPUs x {batch_size}); "
-            f"this run uses {actual}. The learning rate is left at {schedule['lr']} (no automatic scaling).",
-            flush=True,
-        )
+    scaling = lr_scaling(schedule, PRESETS[cfg["preset"]]["scales"][cfg["scale"]]["schedule"], dist_info.world_size)
+    if dist_info.is_main:
+        print(f"[train] {run}: {scaling.describe()}", flush=True)
 
     tags = {
         "model": run,
@@ -196,19 +224,20 @@ def run_training(
         record = ckpt.latest()
         if record is not None and record.get("fingerprint") == fingerprint:
             resume_run_id = record.get("mlflow_run_id")
-    with sigterm_as_interrupt(), \
+    stop_request = StopRequest()
+    with preemption_signals(stop_request), \
             Tracker(f"train/{run}", tags, enabled=track and dist_info.is_main,
                     resume_run_id=resume_run_id, system_metrics=True) as tracker:
         tracker.log_dataset(f"{manifest.source}/train", prepared_data_digest(manifest_file),
                             str(manifest.split("train").ann_file), "train")
         tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
-                            "world_size": dist_info.world_size})
+                            "world_size": dist_info.world_size, "lr_scaling": scaling.params()})
         trainer = Trainer(
             model=model,
             dataset=dataset,
             batch_sampler=sampler,
             collate_fn=collate,
-            schedule=schedule,
+            schedule={**schedule, "lr": scaling.lr},
             checkpoints=ckpt,
             fingerprint=fingerprint,
             device=device,
@@ -219,6 +248,8 @@ def run_training(
             dist_info=dist_info,
             stop_at_iteration=stop_at_iteration,
             find_unused_parameters=bool(runtime.get("find_unused_parameters", False)),
+            checkpoint_every=int(runtime.get("checkpoint_every", 0) or 0),
+            stop_request=stop_request,
         )
         if dist_info.is_main:
             print(
@@ -227,7 +258,12 @@ def run_training(
                 f"device {device}, world size {dist_info.world_size}",
                 flush=True,
             )
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        except Preempted as e:  # the Tracker ends the run KILLED (Preempted.run_status)
+            tracker.set_tag("detlab.preempted", "true")
+            tracker.set_tag("detlab.preempted_at_iteration", str(e.iteration))
+            raise
         metrics = result.metrics()
         if dist_info.is_main:
             final = final_weights(model.state_dict(), cfg, list(dataset.cat_ids), category_names(dataset),

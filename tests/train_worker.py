@@ -1,4 +1,5 @@
-"""Run by tests/test_train_kill.py in a subprocess: train the tiny model into a given directory."""
+"""Run by tests/test_train_kill.py and tests/test_train_preempt.py in a subprocess: train the tiny
+model into a given directory. A preemption ends it with status 75 (pipeline.engine.Preempted)."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,12 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--checkpoint-every", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=0)
     args = parser.parse_args()
     params = tiny_params()
     params["models"][TINY_MODEL]["overrides"]["schedule"]["epochs"] = args.epochs
+    params["train"].update(checkpoint_every=args.checkpoint_every, num_workers=args.num_workers)
     run_training(TINY_MODEL, params, manifest_file=args.manifest, checkpoint_root=args.out / "ckpt", weights_root=args.out / "ckpt",
                  metrics_root=args.out / "metrics", track=True)
 

@@ -107,7 +107,7 @@ FASTER_RCNN_R50_FPN_1X: dict[str, Any] = {
                      "test_scale": [1333, 800], **_imagenet_norm(), "size_divisor": 32, "with_masks": False},
             "schedule": {"epochs": 12, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.02, "momentum": 0.9,
                          "weight_decay": 1e-4, "warmup_iters": 500, "warmup_ratio": 0.001, "lr_steps": [8, 11],
-                         "gamma": 0.1, "grad_clip": None},
+                         "gamma": 0.1, "grad_clip": None, "auto_scale_lr": True},
         },
         "cpu": {
             "model": {
@@ -124,7 +124,7 @@ FASTER_RCNN_R50_FPN_1X: dict[str, Any] = {
                      "test_scale": [256, 160], **_imagenet_norm(), "size_divisor": 32, "with_masks": False},
             "schedule": {"epochs": 2, "images_per_gpu": 8, "num_gpus": 1, "lr": 0.04, "momentum": 0.9,
                          "weight_decay": 1e-4, "warmup_iters": 50, "warmup_ratio": 0.001, "lr_steps": [1.7],
-                         "gamma": 0.1, "grad_clip": 10.0},
+                         "gamma": 0.1, "grad_clip": 10.0, "auto_scale_lr": False},
         },
     },
 }

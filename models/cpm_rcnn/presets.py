@@ -122,7 +122,8 @@ def _cpm_rcnn(arch: str) -> dict[str, Any]:
                 "data": dict(grid_paper["data"]),
                 "schedule": {"epochs": 25, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.02, "momentum": 0.9,
                              "weight_decay": 1e-4, "warmup_iters": 500, "warmup_ratio": 0.1,
-                             "lr_steps": [16.373, 21.831], "gamma": 0.1, "grad_clip": None},
+                             "lr_steps": [16.373, 21.831], "gamma": 0.1, "grad_clip": None,
+                             "auto_scale_lr": True},
             },
             "cpu": {
                 "model": {

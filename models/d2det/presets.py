@@ -79,7 +79,7 @@ def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str,
                 "data": {**frcnn_paper["data"], "with_masks": mask},
                 "schedule": {"epochs": 24, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.02, "momentum": 0.9,
                              "weight_decay": 1e-4, "warmup_iters": 1000, "warmup_ratio": 1.0 / 80, "lr_steps": [20, 23],
-                             "gamma": 0.1, "grad_clip": None},
+                             "gamma": 0.1, "grad_clip": None, "auto_scale_lr": True},
             },
             "cpu": {
                 "model": {

@@ -65,7 +65,7 @@ def _grid_rcnn() -> dict[str, Any]:
                 "data": dict(frcnn_paper["data"]),
                 "schedule": {"epochs": 25, "images_per_gpu": 2, "num_gpus": 8, "lr": 0.02, "momentum": 0.9,
                              "weight_decay": 1e-4, "warmup_iters": 3665, "warmup_ratio": 1.0 / 80,
-                             "lr_steps": [17, 23], "gamma": 0.1, "grad_clip": None},
+                             "lr_steps": [17, 23], "gamma": 0.1, "grad_clip": None, "auto_scale_lr": True},
             },
             "cpu": {
                 "model": {

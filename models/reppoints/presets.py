@@ -117,6 +117,7 @@ def _reppoints(version: int, arch: str = "r50", dcn: bool = False, giou: bool = 
                              "weight_decay": 1e-4, "warmup_iters": 500,
                              "warmup_ratio": 1.0 / 3 if original else 0.001,
                              "lr_steps": [8, 11] if epochs == 12 else [16, 22], "gamma": 0.1, "grad_clip": 35.0,
+                             "auto_scale_lr": True,
                              "sync_bn": arch == "mnv2"},
             },
             "cpu": {
