@@ -518,3 +518,13 @@ def test_published_dense_reppoints_entries():
             PUBLISHED["dense_reppoints_v2_r50_fpn_giou_1x"]["test-dev"]) == (41.5, 41.6)
     assert (PUBLISHED["dense_reppoints_v1_r50_fpn_giou_1x"]["minival"],
             PUBLISHED["dense_reppoints_v1_r50_fpn_giou_1x"]["test-dev"]) == (40.9, 41.1)
+
+
+def test_the_note_states_the_noise_when_params_set_it():
+    """Without params noise.box_ap the note is the plain one; with it, the results table's note
+    says how much a CPU-scale number varies, in AP."""
+    from pipeline.report import NOTE, note_text
+
+    assert note_text(0.0) == NOTE
+    text = note_text(0.028)
+    assert text.startswith(NOTE) and "vary by about 2.8 AP" in text and "noise.box_ap" in text
