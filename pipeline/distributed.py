@@ -110,7 +110,9 @@ class MultiNode:
     """How one node joins a multi-node torchrun job: ``nnodes`` nodes in all, this one
     ``node_rank`` (0 .. nnodes-1), meeting through torch's c10d rendezvous at ``rdzv_endpoint``
     (``host:port``, a host every node reaches; the agent on that host serves the rendezvous
-    store) under the job id ``rdzv_id`` (the same string on every node)."""
+    store) under the job id ``rdzv_id`` (the same string on every node). torchrun's c10d
+    rendezvous ignores ``node_rank`` (it numbers the nodes by host name); it is passed anyway,
+    and checked, for the static rendezvous and the logs."""
 
     nnodes: int
     node_rank: int

@@ -28,8 +28,9 @@ itself under ``torchrun --nnodes <nnodes> --node_rank <rank> --rdzv_backend c10d
 node without CUDA). ``train.node_rank``, ``train.rdzv_endpoint`` and ``train.rdzv_id`` (default:
 the run name) are overridden per node by ``DETLAB_NODE_RANK``, ``DETLAB_RDZV_ENDPOINT`` and
 ``DETLAB_RDZV_ID`` (:data:`NODE_ENVIRONMENT`); only global rank 0 writes weights, metrics,
-checkpoints and MLflow records. Every node must see the same ``checkpoints/`` (a shared
-filesystem): every rank resumes from the newest checkpoint there.
+checkpoints and MLflow records, and the c10d rendezvous (which ignores ``--node_rank``) may put
+it on any node. Every node must see the same repository (a shared filesystem): every rank
+resumes from the newest checkpoint in ``checkpoints/``.
 
 Preemption: SIGTERM or SIGUSR1 (a cluster scheduler's warning before it kills the job) lets the
 current iteration finish, saves a checkpoint at that iteration boundary, tags the MLflow run
