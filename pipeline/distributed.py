@@ -105,23 +105,59 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def torchrun_command(module: str, processes: int, argv: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class MultiNode:
+    """How one node joins a multi-node torchrun job: ``nnodes`` nodes in all, this one
+    ``node_rank`` (0 .. nnodes-1), meeting through torch's c10d rendezvous at ``rdzv_endpoint``
+    (``host:port``, a host every node reaches; the agent on that host serves the rendezvous
+    store) under the job id ``rdzv_id`` (the same string on every node). torchrun's c10d
+    rendezvous ignores ``node_rank`` (it numbers the nodes by host name); it is passed anyway,
+    and checked, for the static rendezvous and the logs."""
+
+    nnodes: int
+    node_rank: int
+    rdzv_endpoint: str
+    rdzv_id: str
+
+    def __post_init__(self) -> None:
+        if self.nnodes < 2:
+            raise ValueError(f"a multi-node job needs nnodes >= 2, got {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in 0..{self.nnodes - 1} for nnodes = {self.nnodes}, "
+                             f"got {self.node_rank}")
+        host, sep, port = self.rdzv_endpoint.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"rdzv_endpoint must be host:port (the rendezvous host, e.g. the first node, "
+                             f"and a free TCP port), got {self.rdzv_endpoint!r}")
+        if not self.rdzv_id or any(c.isspace() for c in self.rdzv_id):
+            raise ValueError(f"rdzv_id must be a non-empty string without spaces, got {self.rdzv_id!r}")
+
+    def torchrun_args(self) -> list[str]:
+        """The torchrun options that replace ``--standalone``."""
+        return [f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}", "--rdzv_backend=c10d",
+                f"--rdzv_endpoint={self.rdzv_endpoint}", f"--rdzv_id={self.rdzv_id}"]
+
+
+def torchrun_command(module: str, processes: int, argv: list[str], nodes: MultiNode | None = None) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc_per_node=<processes> -m <module> <argv>``
-    with this interpreter. torchrun sets ``OMP_NUM_THREADS=1`` in each process unless the
-    environment sets it."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(processes)}",
+    with this interpreter; with ``nodes`` (a multi-node job) ``--nnodes --node_rank --rdzv_backend=c10d
+    --rdzv_endpoint --rdzv_id`` instead of ``--standalone``, ``processes`` being this node's. torchrun
+    sets ``OMP_NUM_THREADS=1`` in each process unless the environment sets it."""
+    launch = ["--standalone"] if nodes is None else nodes.torchrun_args()
+    return [sys.executable, "-m", "torch.distributed.run", *launch, f"--nproc_per_node={int(processes)}",
             "-m", module, *argv]
 
 
 def run_torchrun(module: str, processes: int, argv: list[str], label: str = "",
-                 forward_signals: tuple[int, ...] = ()) -> tuple[int, int | None]:
-    """Run ``python -m <module> <argv>`` under torchrun with ``processes`` processes and wait.
+                 forward_signals: tuple[int, ...] = (), nodes: MultiNode | None = None) -> tuple[int, int | None]:
+    """Run ``python -m <module> <argv>`` under torchrun with ``processes`` processes (on this node
+    of ``nodes``, when given) and wait.
 
     While it runs, each signal of ``forward_signals`` that reaches this process is passed on to
     torchrun as SIGTERM (which torchrun sends on to every rank); the handlers are restored after.
     Returns (torchrun's exit status, the first forwarded signal's number or None).
     """
-    cmd = torchrun_command(module, processes, argv)
+    cmd = torchrun_command(module, processes, argv, nodes)
     print(f"{label + ' ' if label else ''}launching: " + " ".join(cmd), flush=True)
     child = subprocess.Popen(cmd)
     forwarded: list[int] = []

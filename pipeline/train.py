@@ -22,6 +22,16 @@ With ``train.gpus > 1`` in params.yaml and CUDA present, the stage re-launches i
 under ``torchrun --nproc_per_node <gpus>`` (DDP over NCCL). Under torchrun on CPU (gloo)
 it trains with several processes as well, which the tests use.
 
+Multi-node: with ``train.nnodes > 1`` every node runs this same command and it re-launches
+itself under ``torchrun --nnodes <nnodes> --node_rank <rank> --rdzv_backend c10d
+--rdzv_endpoint <host:port> --rdzv_id <id> --nproc_per_node <gpus>`` (one gloo process per
+node without CUDA). ``train.node_rank``, ``train.rdzv_endpoint`` and ``train.rdzv_id`` (default:
+the run name) are overridden per node by ``DETLAB_NODE_RANK``, ``DETLAB_RDZV_ENDPOINT`` and
+``DETLAB_RDZV_ID`` (:data:`NODE_ENVIRONMENT`); only global rank 0 writes weights, metrics,
+checkpoints and MLflow records, and the c10d rendezvous (which ignores ``--node_rank``) may put
+it on any node. Every node must see the same repository (a shared filesystem): every rank
+resumes from the newest checkpoint in ``checkpoints/``.
+
 Preemption: SIGTERM or SIGUSR1 (a cluster scheduler's warning before it kills the job) lets the
 current iteration finish, saves a checkpoint at that iteration boundary, tags the MLflow run
 ``detlab.preempted=true``, ends it KILLED and exits with status 75
@@ -61,21 +71,99 @@ from pipeline.weights_io import DIGEST_KEY, tensor_digest
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-def maybe_relaunch_with_torchrun(gpus: int, argv: list[str] | None = None) -> None:
+#: Environment variables that override, on one node, the multi-node settings of params.yaml that
+#: differ from node to node (``node_rank``) or from job to job (the rendezvous): params.yaml is
+#: the same file on every node, so each node's launcher sets these instead of editing it.
+NODE_ENVIRONMENT = {"node_rank": "DETLAB_NODE_RANK", "rdzv_endpoint": "DETLAB_RDZV_ENDPOINT",
+                    "rdzv_id": "DETLAB_RDZV_ID"}
+
+
+def multinode_settings(runtime: dict[str, Any], run: str,
+                       environ: dict[str, str] | None = None) -> distributed.MultiNode | None:
+    """This node's part of a multi-node job, from params ``train.nnodes``, ``train.node_rank``,
+    ``train.rdzv_endpoint`` and ``train.rdzv_id`` (default: the run name), each of the last three
+    overridden by its environment variable of :data:`NODE_ENVIRONMENT` when that is set and not
+    empty. None for ``train.nnodes`` 1 (the default): a single-node job.
+
+    Raises:
+        ValueError: a setting is missing or malformed; the message names the param and variable.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        nnodes = int(1 if runtime.get("nnodes") is None else runtime["nnodes"])
+    except (TypeError, ValueError):
+        raise ValueError(f"train.nnodes must be an integer >= 1, got {runtime.get('nnodes')!r}") from None
+    if nnodes < 1:
+        raise ValueError(f"train.nnodes must be an integer >= 1, got {nnodes}")
+    if nnodes == 1:
+        return None
+    values: dict[str, Any] = {"node_rank": runtime.get("node_rank", 0) or 0,
+                              "rdzv_endpoint": str(runtime.get("rdzv_endpoint") or ""),
+                              "rdzv_id": str(runtime.get("rdzv_id") or run)}
+    source = {key: f"train.{key}" for key in values}
+    for key, variable in NODE_ENVIRONMENT.items():
+        if environ.get(variable, "").strip():
+            values[key], source[key] = environ[variable].strip(), variable
+    try:
+        node_rank = int(values["node_rank"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{source['node_rank']} must be an integer, got {values['node_rank']!r}") from None
+    if not values["rdzv_endpoint"]:
+        raise ValueError(f"train.nnodes = {nnodes} needs the rendezvous host:port: set train.rdzv_endpoint "
+                         f"or {NODE_ENVIRONMENT['rdzv_endpoint']} (the same on every node)")
+    try:
+        return distributed.MultiNode(nnodes, node_rank, values["rdzv_endpoint"], values["rdzv_id"])
+    except ValueError as e:
+        raise ValueError(f"{e} ({', '.join(f'{k} from {v}' for k, v in source.items())})") from None
+
+
+def launch_plan(runtime: dict[str, Any], run: str, environ: dict[str, str] | None = None,
+                cuda_devices: int | None = None) -> tuple[int, distributed.MultiNode | None, str]:
+    """How the train stage runs on this node: (processes on this node, the multi-node job or
+    None, a note to print or ""). One process and no multi-node job means no torchrun at all.
+
+    ``train.gpus > 1`` asks for that many processes per node, one GPU each, with CUDA only
+    (without CUDA: one process and a note). ``train.nnodes > 1`` asks for a multi-node job
+    (:func:`multinode_settings`), with CUDA or without (then one gloo process per node).
+    Under torchrun already (``WORLD_SIZE`` set): (1, None, "").
+
+    Args:
+        cuda_devices: the visible CUDA devices (default: counted, 0 without CUDA).
+    """
+    environ = os.environ if environ is None else environ
+    if "WORLD_SIZE" in environ:
+        return 1, None, ""
+    nodes = multinode_settings(runtime, run, environ)
+    gpus = int(runtime.get("gpus", 1) or 1)
+    if cuda_devices is None:
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus <= 1:
+        return 1, nodes, ""
+    if cuda_devices == 0:
+        return 1, nodes, f"train.gpus = {gpus} but CUDA is not available; training in one process" + (
+            " on this node" if nodes else "")
+    if gpus > cuda_devices:
+        raise ValueError(f"train.gpus = {gpus} but only {cuda_devices} CUDA devices are visible")
+    return gpus, nodes, ""
+
+
+def maybe_relaunch_with_torchrun(runtime: dict[str, Any], run: str, argv: list[str] | None = None) -> None:
     """Re-run ``python -m pipeline.train <argv>`` (default: this command's arguments) under
-    torchrun when more than one GPU is asked for; exits with torchrun's status, or with
-    :data:`EXIT_PREEMPTED` when a preemption signal was forwarded to it and it did not succeed
-    (torchrun reports its ranks' status 75 as a failure)."""
-    if gpus <= 1 or "WORLD_SIZE" in os.environ:
+    torchrun when :func:`launch_plan` asks for more than one process on this node or for a
+    multi-node job; exits with torchrun's status, or with :data:`EXIT_PREEMPTED` when a
+    preemption signal was forwarded to it and it did not succeed (torchrun reports its ranks'
+    status 75 as a failure). Returns (does nothing) otherwise."""
+    try:
+        processes, nodes, note = launch_plan(runtime, run)
+    except ValueError as e:
+        raise SystemExit(f"[train] {e}") from e
+    if note:
+        print(f"[train] {note}", flush=True)
+    if processes <= 1 and nodes is None:
         return
-    if not torch.cuda.is_available():
-        print(f"[train] train.gpus = {gpus} but CUDA is not available; training in one process", flush=True)
-        return
-    available = torch.cuda.device_count()
-    if gpus > available:
-        raise SystemExit(f"[train] train.gpus = {gpus} but only {available} CUDA devices are visible")
-    rc, forwarded = distributed.run_torchrun("pipeline.train", gpus, sys.argv[1:] if argv is None else list(argv),
-                                             label="[train]", forward_signals=PREEMPTION_SIGNALS)
+    rc, forwarded = distributed.run_torchrun("pipeline.train", processes,
+                                             sys.argv[1:] if argv is None else list(argv),
+                                             label="[train]", forward_signals=PREEMPTION_SIGNALS, nodes=nodes)
     if forwarded is not None and rc != 0:
         print(f"[train] {signal.Signals(forwarded).name} forwarded to torchrun, which exited with status {rc}; "
               f"the ranks checkpointed at the same iteration: run the same command again to resume", flush=True)
@@ -300,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seed is not None and args.seed < 0:
         parser.error(f"--seed must be a non-negative integer, got {args.seed}")
     params = load_params(args.params)
-    maybe_relaunch_with_torchrun(int((params.get("train") or {}).get("gpus", 1)), argv)
+    maybe_relaunch_with_torchrun(params.get("train") or {}, run_id(args.model, args.seed), argv)
     try:
         metrics, _ = run_training(args.model, params, resume=not args.no_resume, seed=args.seed)
     except TrackingStoreError as e:

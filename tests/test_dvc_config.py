@@ -100,7 +100,7 @@ def test_shared_and_pipeline_files_invalidate_what_uses_them(stages):
 def test_settings_that_cannot_change_a_result_are_no_dependency(stages):
     tracked = set().union(*params_of(stages).values())
     for key in ("train.log_interval", "train.keep_checkpoints", "train.checkpoint_every", "train.num_workers",
-                "evaluate.processes"):
+                "train.node_rank", "train.rdzv_endpoint", "train.rdzv_id", "evaluate.processes"):
         assert key not in tracked and "train" not in tracked and "evaluate" not in tracked, key
     for name, keys in params_of(stages).items():
         if name.startswith(("train@", "evaluate@", "train_ablation@", "evaluate_ablation@")):
