@@ -116,8 +116,13 @@ def chamfer_distance_reference(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Te
         ``(dist_ab [P, N], dist_ba [P, M], idx_ab [P, N], idx_ba [P, M])``: squared distances
         (dtype of ``a``, differentiable w.r.t. ``a`` and ``b`` through the matched pairs) and
         int64 indices of the nearest point in the other set (lowest index on ties).
+        float16/bfloat16 points are matched and measured in float32 (a bfloat16 ``d`` has too
+        few bits to rank nearby points) and the distances returned in the dtype of ``a``.
     """
     _check_args(a, b)
+    if a.dtype in (torch.float16, torch.bfloat16):
+        d_ab, d_ba, idx_ab, idx_ba = chamfer_distance_reference(a.float(), b.float())
+        return d_ab.to(a.dtype), d_ba.to(a.dtype), idx_ab, idx_ba
     idx_ab, idx_ba = _nearest(a.detach(), b.detach())
     return _pair_dist(a, b, idx_ab), _pair_dist(b, a, idx_ba), idx_ab, idx_ba
 

@@ -81,7 +81,9 @@ def corner_pool_reference(x: Tensor, direction: str) -> Tensor:
 
     Returns:
         ``[B, C, H, W]``, dtype and device of ``x``; differentiable w.r.t. ``x`` (the gradient
-        of each output goes to its argmax; ties and NaNs as in the module docstring).
+        of each output goes to its argmax; ties and NaNs as in the module docstring). A
+        running maximum only selects values, so float16/bfloat16 are pooled in their own dtype
+        with the result of float32 pooling of the same values, exactly.
     """
     _check_args(x, direction)
     dim, flip = _DIM_FLIP[direction]

@@ -14,8 +14,8 @@ Three implementations of one function:
 
 :func:`deform_roi_pool` (and :class:`DeformRoIPool`) dispatch: the kernel when the features
 are on a CUDA device and the extension loads (``DETLAB_DISABLE_CUDA_OPS=1`` disables it),
-else the reference (the faster of the two PyTorch forms on CPU, as measured). The kernel computes in float32 or float64; float16/bfloat16
-features are pooled in float32 and the result cast back. The kernel path is differentiable
+else the reference (the faster of the two PyTorch forms on CPU, as measured). The kernel and the reference compute in float32 or
+float64; float16/bfloat16 features are pooled in float32 and the result cast back to their dtype. The kernel path is differentiable
 once (no double backward); the reference's is as differentiable as autograd makes it.
 
 For RoI ``n = (b, x1, y1, x2, y2)`` (input pixels), scale ``s``, output ``P x P``, part size
@@ -181,9 +181,17 @@ def deform_roi_pool_reference(
 
     Returns:
         ``[N, C, P, P]`` pooled features, dtype of ``features``; differentiable w.r.t.
-        ``features`` and ``offsets`` (not ``rois``).
+        ``features`` and ``offsets`` (not ``rois``). float16/bfloat16 features (or offsets)
+        are pooled in float32 (sample coordinates in bfloat16 would be off by whole pixels
+        past 256) and the result cast back to the dtype of ``features``.
     """
     _check_args(features, rois, offsets, part_size)
+    low = (torch.float16, torch.bfloat16)
+    if features.dtype in low or (offsets is not None and offsets.dtype in low):
+        work = features.float() if features.dtype in low else features
+        off = None if offsets is None else offsets.to(work.dtype)
+        return deform_roi_pool_reference(work, rois, off, spatial_scale, output_size, part_size,
+                                         sample_per_part, trans_std).to(features.dtype)
     B, C, H, W = features.shape
     N = rois.shape[0]
     P, Q, S = int(output_size), int(part_size), int(sample_per_part)

@@ -76,6 +76,8 @@ def soft_nms(
         ``keep``: ``[K]`` int64 indices into the input, in selection order (non-increasing
         decayed score); ``new_scores``: ``[K]`` the decayed scores, dtype of ``scores``.
         Both on the input device. No gradient flows (the result is a selection).
+        float16/bfloat16 boxes and scores are processed in float32 (IoUs and decays as for the
+        float32 values they hold); only ``new_scores`` is cast back to the dtype of ``scores``.
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
@@ -90,8 +92,9 @@ def soft_nms(
                 torch.empty(0, dtype=scores.dtype, device=device))
     offset = 1.0 if legacy_plus_one else 0.0
     with torch.no_grad():
-        cur_boxes = boxes.detach().clone()
-        cur_scores = scores.detach().to(boxes.dtype).clone()
+        work = torch.float32 if boxes.dtype in (torch.float16, torch.bfloat16) else boxes.dtype
+        cur_boxes = boxes.detach().to(work).clone()
+        cur_scores = scores.detach().to(work).clone()
         cur_inds = torch.arange(n, device=device)
         i = 0
         while i < n:

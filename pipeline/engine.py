@@ -149,6 +149,25 @@ class Preempted(SystemExit):
                 + (f"; checkpoint {self.checkpoint}" if self.checkpoint else ""))
 
 
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_amp_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of ``train.amp_dtype``: ``"fp16"`` -> torch.float16, ``"bf16"`` ->
+    torch.bfloat16, ``"auto"`` -> bfloat16 on a CUDA device that supports it
+    (``torch.cuda.is_bf16_supported()``: Ampere and newer), else float16. Raises ``ValueError``
+    for any other setting, and for ``"bf16"`` on a CUDA device without bfloat16 support."""
+    if setting == "auto":
+        bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float16
+    if setting not in AMP_DTYPES:
+        raise ValueError(f"train.amp_dtype must be one of auto, {', '.join(AMP_DTYPES)}; got {setting!r}")
+    if setting == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.amp_dtype: bf16 but {torch.cuda.get_device_name(device)} does not support "
+                         "bfloat16; use fp16 or auto")
+    return AMP_DTYPES[setting]
+
+
 class SkipBatches(torch.utils.data.Sampler[list[int]]):
     """The batches of ``batch_sampler`` from batch ``skip`` on: the rest of an epoch a mid-epoch
     checkpoint stopped in. Correct only for a batch sampler whose order is a function of its
@@ -282,7 +301,10 @@ class Trainer:
         checkpoints: where the checkpoints go.
         fingerprint: hash of everything that defines the run; resume only when equal.
         device: torch device of this rank.
-        amp: use autocast + GradScaler (CUDA only; ignored on CPU).
+        amp: use autocast (CUDA only; ignored on CPU).
+        amp_dtype: ``"fp16"`` (float16 autocast with a GradScaler), ``"bf16"`` (bfloat16, no
+            scaler: its float32 exponent range needs none) or ``"auto"`` (bf16 where
+            ``torch.cuda.is_bf16_supported()``, else fp16); see :func:`resolve_amp_dtype`.
         num_workers: DataLoader workers.
         log_interval: iterations between progress-bar and console updates.
         tracker: MLflow tracker (per-iteration losses and lr are logged to it).
@@ -305,6 +327,7 @@ class Trainer:
         fingerprint: str,
         device: torch.device,
         amp: bool = True,
+        amp_dtype: str = "auto",
         num_workers: int = 0,
         log_interval: int = 20,
         tracker: Tracker | None = None,
@@ -345,6 +368,7 @@ class Trainer:
         self.checkpoints = checkpoints
         self.fingerprint = fingerprint
         self.amp = bool(amp) and device.type == "cuda"
+        self.amp_dtype = resolve_amp_dtype(amp_dtype, device) if self.amp else torch.float32
         self.num_workers = num_workers
         self.log_interval = max(1, int(log_interval))
         self.tracker = tracker
@@ -369,7 +393,8 @@ class Trainer:
             float(schedule.get("warmup_ratio", 0.001)),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        # loss scaling only for float16 (bfloat16 has float32's exponent range)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.start_epoch = 0
         self.start_batch = 0  # batches of epoch start_epoch already trained (a mid-epoch checkpoint)
         self._pending_rng: dict[str, Any] | None = None  # restored once the resumed epoch's loader exists
@@ -460,7 +485,8 @@ class Trainer:
     def _step(self, images, image_sizes, targets) -> dict[str, float]:
         images = images.to(self.device, non_blocking=True)
         targets = move_targets(targets, self.device)
-        with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype if self.amp else torch.float16,
+                            enabled=self.amp):
             outputs = self.ddp_model(images, image_sizes, targets)
         losses = {k: v for k, v in outputs.items() if k.startswith("loss")}
         total = sum(v.float() for v in losses.values())

@@ -330,6 +330,7 @@ def run_training(
             fingerprint=fingerprint,
             device=device,
             amp=bool(runtime.get("amp", True)),
+            amp_dtype=str(runtime.get("amp_dtype", "auto")),
             num_workers=int(runtime.get("num_workers", 0)),
             log_interval=int(runtime.get("log_interval", 20)),
             tracker=tracker,

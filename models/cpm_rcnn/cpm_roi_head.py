@@ -134,7 +134,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou
+from models.common.layers.nms import batched_nms
 
 from models.common.roi_heads.bbox_head import Shared2FCBBoxHead
 from models.grid_rcnn.grid_head import GridHead, grid_loss

@@ -108,7 +108,7 @@ def grid_offsets(num_points: int, half_extent: float) -> Tensor:
     """The regular ``k x k`` base grid (``k^2 = num_points``) over ``[-half_extent, half_extent]^2``:
     FloatTensor[2 num_points], interleaved (x, y), row-major (point ``k r + c`` at ``(lin[c], lin[r])``)."""
     k = int(round(math.sqrt(num_points)))
-    lin = torch.linspace(-half_extent, half_extent, k) if k > 1 else torch.zeros(1)
+    lin = torch.linspace(-half_extent, half_extent, k, device="cpu") if k > 1 else torch.zeros(1, device="cpu")
     ys, xs = torch.meshgrid(lin, lin, indexing="ij")
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1).reshape(-1)
 
@@ -338,7 +338,7 @@ class DenseRepPointsHead(RepPointsHead):
         """One DTS draw per gt: per image FloatTensor[G, N, 2] (zeros where no contour) and
         BoolTensor[G] (has a contour)."""
         pts_all, ok_all = [], []
-        seed = int(torch.randint(0, 2 ** 31 - 1, ()).item())
+        seed = int(torch.randint(0, 2 ** 31 - 1, (), device="cpu").item())  # the CPU generator
         rng = np.random.default_rng(seed)
         for masks, boxes in zip(gt_masks, gt_boxes):
             boxes_np = boxes.detach().cpu().numpy()

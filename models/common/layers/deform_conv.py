@@ -149,12 +149,30 @@ class DeformConv2dPack(nn.Module):
         return out[:, : 2 * n], out[:, 2 * n :].sigmoid()
 
     def forward(self, x: Tensor) -> Tensor:
+        """FloatTensor[B, C_in, H, W] -> [B, C_out, H_out, W_out], dtype of ``x``.
+
+        Under mixed precision (``x``, the predicted offsets or the weights in float16/bfloat16,
+        as ``torch.autocast`` leaves them) the deformable sampling runs in float32 (torchvision's
+        CPU kernel has no bfloat16/float16 form; its CUDA autocast rule does the same) and the
+        result is cast back to the dtype of ``x``.
+        """
         offset, mask = self.offset_and_mask(x)
+        weight, bias = self.weight, self.bias
+        full = (torch.float32, torch.float64)
+        if any(t is not None and t.dtype not in full for t in (x, offset, mask, weight, bias)):
+            out_dtype = x.dtype
+            x, offset, weight = x.float(), offset.float(), weight.float()
+            mask = None if mask is None else mask.float()
+            bias = None if bias is None else bias.float()
+            with torch.autocast(x.device.type, enabled=False):
+                out = deform_conv2d(x, offset, weight, bias, stride=self.stride, padding=self.padding,
+                                    dilation=self.dilation, mask=mask)
+            return out.to(out_dtype)
         return deform_conv2d(
             x,
             offset,
-            self.weight,
-            self.bias,
+            weight,
+            bias,
             stride=self.stride,
             padding=self.padding,
             dilation=self.dilation,

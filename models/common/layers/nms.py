@@ -1,13 +1,35 @@
 """NMS over a batch of images in one call, keeping the best ``k`` boxes of each image.
 
-A thin wrapper over :func:`torchvision.ops.batched_nms`: boxes of different groups (e.g.
+A thin wrapper over :func:`torchvision.ops.nms`: boxes of different groups (e.g.
 image x level for proposals, image x class for detections) never suppress each other.
+:func:`batched_nms` is :func:`torchvision.ops.batched_nms` (same two strategies, same result)
+with every tensor made on the boxes' device: torchvision's coordinate trick makes a CPU
+``torch.tensor(1)`` on the default device, which the meta-device check of
+``tests/test_autocast_presets.py`` rejects.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS of FloatTensor[N, 4] xyxy ``boxes`` / FloatTensor[N] ``scores`` within each group of
+    LongTensor[N] ``idxs``: LongTensor[K] kept indices by decreasing score, as
+    :func:`torchvision.ops.batched_nms` (one NMS per group above 4000 boxes on CPU / 20000 on
+    GPU, else one NMS of the boxes offset apart per group)."""
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if boxes.numel() > (4000 if boxes.device.type == "cpu" else 20000):
+        keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+        for group in torch.unique(idxs):
+            inds = torch.where(idxs == group)[0]
+            keep_mask[inds[nms(boxes[inds], scores[inds], iou_threshold)]] = True
+        keep = torch.where(keep_mask)[0]
+        return keep[scores[keep].sort(descending=True)[1]]
+    offsets = idxs.to(boxes) * (boxes.max() + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
 def top_k_per_image(order: Tensor, image_ids: Tensor, num_images: int, k: int) -> tuple[Tensor, list[int]]:

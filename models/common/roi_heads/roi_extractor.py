@@ -26,7 +26,7 @@ from models.common.layers.roi_align import roi_align
 def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
     """Per-image FloatTensor[K_i, 4] -> FloatTensor[sum K_i, 5] with the image index first."""
     rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b[:, :4]], dim=1) for i, b in enumerate(boxes)]
-    return torch.cat(rois) if rois else torch.zeros((0, 5))
+    return torch.cat(rois) if rois else torch.zeros((0, 5), device="cpu")
 
 
 def map_roi_levels(rois: Tensor, finest_scale: float, num_levels: int, offset: float = 0.0) -> Tensor:

@@ -73,8 +73,8 @@ class AnchorGenerator:
 
     def _base_anchors(self, base_size: float) -> Tensor:
         """FloatTensor[A, 4] (x1, y1, x2, y2) around the level's origin cell."""
-        ratios = torch.tensor(self.ratios, dtype=torch.float64)
-        scales = torch.tensor(self.scales, dtype=torch.float64)
+        ratios = torch.tensor(self.ratios, dtype=torch.float64, device="cpu")
+        scales = torch.tensor(self.scales, dtype=torch.float64, device="cpu")
         h_ratios = ratios.sqrt()
         w_ratios = 1.0 / h_ratios
         ws = (base_size * w_ratios[:, None] * scales[None, :]).reshape(-1)

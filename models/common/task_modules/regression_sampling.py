@@ -71,7 +71,7 @@ def random_jitter(boxes: Tensor, image_sizes_per_box: Tensor | tuple[int, int], 
     """
     boxes = boxes.detach()
     n = boxes.shape[0]
-    u = (torch.rand((n, 4), generator=generator, dtype=torch.float32) * 2 - 1) * amplitude
+    u = (torch.rand((n, 4), generator=generator, dtype=torch.float32, device="cpu") * 2 - 1) * amplitude
     u = u.to(device=boxes.device, dtype=boxes.dtype)
     cxcy = (boxes[:, :2] + boxes[:, 2:4]) / 2
     wh = (boxes[:, 2:4] - boxes[:, :2]).abs()

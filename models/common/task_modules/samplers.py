@@ -58,7 +58,8 @@ def random_choice(inds: Tensor, num: int) -> Tensor:
     """``num`` distinct elements of the 1-D ``inds`` chosen uniformly (all of them if fewer)."""
     if inds.numel() <= num:
         return inds
-    perm = torch.randperm(inds.numel())[:num].to(inds.device)
+    # drawn on the CPU generator (the same draws on every device), then moved
+    perm = torch.randperm(inds.numel(), device="cpu")[:num].to(inds.device)
     return inds[perm]
 
 
