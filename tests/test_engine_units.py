@@ -93,3 +93,19 @@ def test_sync_batchnorm_conversion_only_with_sync_bn_under_ddp():
     converted = convert_sync_batchnorm(model, sync_bn=True, distributed=True)
     assert isinstance(converted[1], torch.nn.SyncBatchNorm)
     torch.testing.assert_close(converted[0].weight, model[0].weight)
+
+
+def test_amp_dtype_setting_resolves_to_an_autocast_dtype():
+    """train.amp_dtype: fp16 and bf16 name their dtypes; auto is bfloat16 only on a CUDA device
+    that supports it (never on the CPU); anything else is refused, naming the setting."""
+    import pytest
+    import torch
+
+    from pipeline.engine import resolve_amp_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_amp_dtype("fp16", cpu) == torch.float16
+    assert resolve_amp_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_amp_dtype("auto", cpu) == torch.float16
+    with pytest.raises(ValueError, match="train.amp_dtype"):
+        resolve_amp_dtype("fp8", cpu)
