@@ -51,9 +51,10 @@ def tiny_params() -> dict:
     params = copy.deepcopy(load_params(REPO / "params.yaml"))
     params["data"]["source"] = "synthetic"
     params["data"]["synthetic"] = {"num_train": 16, "num_minival": 8, "num_testdev": 8, "seed": 0}
-    params["train"] = {"device": "cpu", "gpus": 1, "num_workers": 0, "amp": False, "log_interval": 2,
-                       "keep_checkpoints": 2}
-    params["evaluate"] = {"splits": ["minival", "test-dev"], "max_dets": 100, "batch_size": 4}
+    # update, not replace: every key params.yaml has (and dvc.yaml may depend on) stays present
+    params["train"].update({"device": "cpu", "gpus": 1, "num_workers": 0, "amp": False, "log_interval": 2,
+                            "keep_checkpoints": 2})
+    params["evaluate"].update({"splits": ["minival", "test-dev"], "max_dets": 100, "batch_size": 4})
     params["ablations"] = {}  # the ablation stages run nothing (the report stage needs the key)
     params["pretrain"].update({"epochs": 1, "batch_size": 16, "warmup_iters": 1})
     params["models"] = {

@@ -65,9 +65,10 @@ def tiny_weights(tiny_prepared, tmp_path_factory) -> Path:
 
 
 def run_evaluation(processes: int, manifest: Path, weights_root: Path, out: Path, *extra: str,
-                   model: str = TINY_MODEL) -> subprocess.CompletedProcess:
+                   model: str = TINY_MODEL, mlflow_store: Path | None = None) -> subprocess.CompletedProcess:
     """``tests/evaluate_worker.py`` alone (1) or under ``torchrun --nproc_per_node processes``,
-    one thread per process, bounded by :data:`TIMEOUT_S`."""
+    one thread per process, bounded by :data:`TIMEOUT_S`; with ``mlflow_store``, MLflow records
+    go to a store of their own in that folder (not the test session's shared one)."""
     params_file = out / "params.json"
     out.mkdir(parents=True, exist_ok=True)
     params_file.write_text(json.dumps(sharded_params()))
@@ -77,6 +78,9 @@ def run_evaluation(processes: int, manifest: Path, weights_root: Path, out: Path
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    if mlflow_store is not None:
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{mlflow_store / 'mlflow.db'}"
+        env["DETLAB_MLFLOW_ARTIFACTS"] = (mlflow_store / "artifacts").as_uri()
     return subprocess.run(launcher + worker, cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
 
 
@@ -89,7 +93,7 @@ def test_two_processes_write_the_same_files_as_one(tiny_prepared, tiny_weights, 
     for n in (1, 2):
         start = time.perf_counter()
         proc = run_evaluation(n, tiny_prepared, tiny_weights, tmp_path / f"n{n}", "--switch-head",
-                              *(["--track"] if n == 2 else []))
+                              *(["--track"] if n == 2 else []), mlflow_store=tmp_path / "mlruns")
         timings[n] = time.perf_counter() - start
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(f"evaluation wall time, 1 process: {timings[1]:.1f} s, 2 processes: {timings[2]:.1f} s")
@@ -112,10 +116,13 @@ def test_two_processes_write_the_same_files_as_one(tiny_prepared, tiny_weights, 
     assert "corner_snapping_off" in json.loads((tmp_path / "n2" / "metrics" / TINY_MODEL / "minival.json").read_text())[
         "variants"]
 
-    # rank 0 alone logged to MLflow, once per split and variant, with a time per image
-    from pipeline.tracking import client, newest_finished_run
+    # rank 0 alone logged to MLflow, once per split and variant, with a time per image (in this
+    # test's own store: other tests log evaluate runs of the same model name to the session's)
+    from mlflow.tracking import MlflowClient
 
-    c = client()
+    from pipeline.tracking import newest_finished_run
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     run = newest_finished_run(c, TINY_MODEL, "evaluate", "minival")
     assert run is not None and run.data.metrics["minival/seconds_per_image"] > 0
     assert newest_finished_run(c, TINY_MODEL, "evaluate", "minival/corner_snapping_off") is not None
