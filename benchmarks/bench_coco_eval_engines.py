@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import io
 import platform
 import resource
@@ -37,10 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
-from pycocotools.coco import COCO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.evaluation import ENGINES, STAT_NAMES, check_result_records, make_coco_eval  # noqa: E402
+from pipeline.evaluation import ENGINES, STAT_NAMES, check_result_records, coco_from_dict, make_coco_eval  # noqa: E402
 
 HEIGHT, WIDTH = 480, 640
 
@@ -110,14 +108,6 @@ def synthesize(num_images: int, objects: float, num_cats: int, dets: int, seed: 
     return {"images": images, "annotations": anns, "categories": categories}, bbox_res, segm_res
 
 
-def coco_from(dataset: dict) -> COCO:
-    gt = COCO()
-    gt.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    return gt
-
-
 def rss_mib() -> float:
     """Resident memory now, MiB (Linux ``VmRSS``; 0 elsewhere)."""
     return _status_kib("VmRSS") / 1024
@@ -151,7 +141,7 @@ def peak_mib(can_reset: bool) -> float:
 def run_engine(dataset: dict, records: list, task: str, engine: str) -> dict:
     """One timed evaluation: seconds of loadRes and of evaluate+accumulate+summarize, peak
     memory added (MiB), the 12 numbers."""
-    gt = coco_from(dataset)
+    gt = coco_from_dict(dataset)
     records = [dict(r) for r in records]  # loadRes adds keys (id, area, bbox) to the records it is given
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -195,7 +185,7 @@ def main() -> None:
     rows = []
     for task in args.tasks:
         records = bbox_res if task == "bbox" else segm_res
-        gt = coco_from(dataset)
+        gt = coco_from_dict(dataset)
         t0 = time.perf_counter()
         check_result_records(records, gt, task, f"synthetic {task} records")
         t_check = time.perf_counter() - t0

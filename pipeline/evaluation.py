@@ -16,6 +16,7 @@ recall arrays against each other. Result records are checked before either sees 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -197,6 +198,16 @@ def detections_to_coco(
 def load_coco_quietly(ann_file: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(ann_file))
+
+
+def coco_from_dict(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` over a deep copy of an in-memory COCO ``dataset`` (``images``,
+    ``annotations``, ``categories``), indexed quietly; the caller's dict is never touched."""
+    gt = COCO()
+    gt.dataset = copy.deepcopy(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
 
 
 def check_engine(engine: str) -> str:

@@ -25,17 +25,14 @@ element difference); the metrics files keep 6 decimals.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from pycocotools.coco import COCO
 
-from pipeline.evaluation import ENGINES, STAT_NAMES, coco_evaluate
+from pipeline.evaluation import ENGINES, STAT_NAMES, coco_evaluate, coco_from_dict
 from pipeline.figures import pr_curves
 from tests.conftest import COCO_MINI
 
@@ -45,21 +42,12 @@ REFERENCE_ONE = 1.0 / (1.0 + np.spacing(1))  # 1 - 2**-52
 STATS_ATOL = 2.0 ** -52
 
 
-def coco_from(dataset: dict) -> COCO:
-    """A pycocotools COCO over a deep copy of ``dataset`` (images, annotations, categories)."""
-    gt = COCO()
-    gt.dataset = copy.deepcopy(dataset)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    return gt
-
-
 def compare_engines(dataset: dict, results: list[dict], iou_type: str, image_ids: list[int] | None = None) -> dict:
     """Score ``results`` with both engines; assert they agree (module docstring); return the
     reference's stats."""
     out = {}
     for engine in ENGINES:
-        stats, ev, text = coco_evaluate(coco_from(dataset), copy.deepcopy(results), iou_type, image_ids, engine=engine)
+        stats, ev, text = coco_evaluate(coco_from_dict(dataset), copy.deepcopy(results), iou_type, image_ids, engine=engine)
         assert ev is not None and list(stats) == list(STAT_NAMES)
         out[engine] = (stats, ev, text)
     (ref_stats, ref, ref_text), (fast_stats, fast, fast_text) = out["pycocotools"], out["faster"]
@@ -225,7 +213,7 @@ def coco_mini_case(seed: int = 3) -> tuple[dict, list[dict], list[dict]]:
         dataset["images"] += part["images"]
         dataset["annotations"] += part["annotations"]
         dataset["categories"] = part["categories"]
-    gt = coco_from(dataset)
+    gt = coco_from_dict(dataset)
     cat_ids = sorted(gt.cats)
     bbox_res, segm_res = [], []
     for ann in dataset["annotations"]:
@@ -288,7 +276,7 @@ def test_the_faster_engine_reads_pycocotools_objects_and_leaves_the_scores_alone
     scoring twice with the same ground truth object (as the evaluate stage does for a variant)
     gives the same numbers."""
     dataset, _, segm_res = random_case(seed=1, num_images=8)
-    gt = coco_from(dataset)
+    gt = coco_from_dict(dataset)
     first, _, _ = coco_evaluate(gt, copy.deepcopy(segm_res), "segm", engine="faster")
     again, _, _ = coco_evaluate(gt, copy.deepcopy(segm_res), "segm", engine="faster")
     ref, _, _ = coco_evaluate(gt, copy.deepcopy(segm_res), "segm", engine="pycocotools")
@@ -302,7 +290,7 @@ def test_scoring_leaves_the_records_unchanged():
     dataset, bbox, segm = random_case(seed=1, num_images=6)
     for iou_type, records in (("bbox", bbox), ("segm", segm)):
         before = json.dumps(records)
-        first = [coco_evaluate(coco_from(dataset), records, iou_type, engine=e)[0] for e in ("pycocotools", "faster")]
+        first = [coco_evaluate(coco_from_dict(dataset), records, iou_type, engine=e)[0] for e in ("pycocotools", "faster")]
         assert json.dumps(records) == before
-        again = coco_evaluate(coco_from(dataset), records, iou_type, engine="pycocotools")[0]
+        again = coco_evaluate(coco_from_dict(dataset), records, iou_type, engine="pycocotools")[0]
         assert again == first[0]

@@ -45,7 +45,7 @@ from models.presets import PRESETS
 from pipeline.config import load_params, resolve_model_config
 from pipeline.data.coco_source import check_coco_tree
 from pipeline.data.dataset import CocoDetectionDataset
-from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb, read_image_size
+from pipeline.data.images import MAX_IMAGE_PIXELS, read_image_size
 from pipeline.data.manifest import SPLIT_NAMES, load_manifest
 from pipeline.errors import ConfigError, DataError
 from tests.data_fixtures import build_coco_tree
