@@ -207,6 +207,7 @@ def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, pro
                 raise ConfigError(f"params.yaml: data.coco.root must be a path (the COCO 2017 tree), got {short_repr(root)}")
             root = Path(root).expanduser()
             root = root if root.is_absolute() else workspace_root() / root  # the workspace's tree, also from a `dvc exp` copy
+            root = Path(os.path.abspath(root))  # `..` folded, for the messages; symlinks kept
             prepare_coco(root, download=bool(cfg.get("download", False)), archives=coco_archives(cfg),
                          progress=progress)
             splits = coco_splits(root.resolve())

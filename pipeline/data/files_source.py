@@ -24,6 +24,7 @@ file's categories); the dataset validates every record when it is built
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def split_paths(cfg: Any, split: str, base: Path) -> tuple[Path, Path] | None:
             raise ConfigError(f"params.yaml: {where}.{k} is empty; {where} needs both ann_file (the COCO "
                               f"annotation JSON) and img_dir (the folder of its images)")
     paths = tuple(Path(values[k].strip()).expanduser() for k in SPLIT_KEYS)
-    ann_file, img_dir = (p if p.is_absolute() else base / p for p in paths)
+    ann_file, img_dir = (Path(os.path.abspath(p if p.is_absolute() else base / p)) for p in paths)
     return ann_file, img_dir
 
 
