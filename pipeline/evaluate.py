@@ -21,6 +21,12 @@ test-dev additionally gets the COCO submission file
 test-dev has no public annotations, so it is only scored where annotations exist (the
 synthetic split has them); otherwise its metrics file says ``"scored": false``.
 
+A split of ``evaluate.splits`` the manifest lacks (test-dev of a COCO tree without ``test2017/``
+or of a ``data.source: files`` dataset without a test-dev file) is skipped with a printed note
+(:func:`skip_split`): its metrics file, which dvc.yaml declares as an output, says
+``"scored": false, "skipped": true`` with the reason, no result file is written (stale ones of
+that split are removed) and no MLflow run is logged for it.
+
 Each scored split gets ``metrics/<model>/<split>.json`` (the COCO numbers; git-tracked, and
 the same on an identical re-run: no timings or host facts, which go to MLflow), its
 precision-recall curves per IoU threshold (``metrics/<model>/pr/<split>_<task>.csv``, which
@@ -408,6 +414,36 @@ def log_evaluate_run(run_name: str, tags: dict[str, str], ev_cfg: dict[str, Any]
             tracker.log_artifact(f)
 
 
+def skip_split(model_name: str, split_name: str, manifest, manifest_file: Path, metrics_root: Path,
+               results_dir: Path) -> dict[str, Any]:
+    """Handle a split of ``evaluate.splits`` that the manifest lacks: print a note, write
+    ``metrics/<model>/<split>.json`` as ``{"model", "split", "dataset", "scored": false,
+    "skipped": true, "reason"}`` (no host facts: the same bytes on a re-run), remove result files
+    of that split an earlier evaluation left (its COCO result and submission files, PR curves),
+    and return that record. No MLflow run is logged for the split."""
+    print(f"[evaluate] {model_name}: no {split_name} split in {manifest_file} (dataset {manifest.name}); skipped",
+          flush=True)
+    metrics: dict[str, Any] = {
+        "model": model_name,
+        "split": split_name,
+        "dataset": f"{manifest.name} (no {split_name} split)",
+        "scored": False,
+        "skipped": True,
+        "reason": (f"the prepared data (dataset {manifest.name}) has no {split_name} split, so nothing was "
+                   f"predicted or scored on it"),
+    }
+    stale = [*results_dir.glob(f"{split_name}_*.json"), *results_dir.glob(f"pr_{split_name}_*.png"),
+             *(Path(metrics_root) / model_name / "pr").glob(f"{split_name}_*.csv")]
+    if split_name == "test-dev":
+        for suffix in ("", "-segm"):
+            sub = results_dir / submission_name(model_name, suffix=suffix)
+            stale += [sub, sub.with_suffix(".zip")]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    write_json(metrics, Path(metrics_root) / model_name / f"{split_name}.json")
+    return metrics
+
+
 def evaluate_variant(model: torch.nn.Module, variant: tuple[str, bool], dataset, cat_ids: list[int],
                      device: torch.device, gt, image_ids: list[int] | None, results_dir: Path, label: str,
                      split_name: str, predict_kwargs: dict[str, Any],
@@ -484,6 +520,11 @@ def evaluate_model(
     variants = snapping_variants(model)
     all_metrics: dict[str, dict[str, Any]] = {}
     for split_name in ev_cfg.get("splits", ["minival", "test-dev"]):
+        if split_name not in manifest.splits:  # e.g. test-dev of a dataset that has none
+            if info.is_main:
+                all_metrics[split_name] = skip_split(model_name, split_name, manifest, Path(manifest_file),
+                                                     Path(metrics_root), results_dir)
+            continue
         split = manifest.split(split_name)
         dataset = build_dataset(split, cfg["data"], train=False, seed=seed)
         if list(dataset.cat_ids) != list(cat_ids):

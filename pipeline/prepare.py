@@ -4,14 +4,20 @@
 
 ``params['data']``::
 
-    source: synthetic            # or coco
+    source: synthetic            # synthetic | coco | files
     synthetic: {num_train: 2000, num_minival: 200, num_testdev: 200, seed: 0}
     coco: {root: data/coco2017, download: false, archives: [{url, md5, extract}, ...]}
+    files: {name: my-dataset, train: {ann_file, img_dir}, minival: {ann_file, img_dir}, test-dev: ...}
 
 ``synthetic`` generates the dataset into ``<out>/synthetic/`` (COCO 2017 layout; test-dev
 with annotations). ``coco`` checks the tree at ``root`` (relative paths are relative to the
-repository root), downloading the official archives where it is absent and allowed, and
-writes a manifest pointing at it (absolute paths; real test-dev has no annotations).
+repository root), downloading the official archives where required parts are absent and
+downloading is allowed, and writes a manifest pointing at it (absolute paths; real test-dev has
+no annotations; a tree without ``test2017/`` gets no test-dev split, with a note saying how to
+add it). ``files`` checks the user's own COCO-format annotation files and image folders
+(:mod:`pipeline.data.files_source`; relative paths are relative to the repository root) and
+writes a manifest pointing at them; test-dev is optional there, and scored when its file has
+annotations. The manifest's ``name`` is the source's name, or ``data.files.name`` for ``files``.
 
 Everything is written into a temporary directory beside ``<out>`` that replaces ``<out>``
 by a rename at the end, so a killed run never leaves a half-written dataset. A short
@@ -29,13 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import load_params
-from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, prepare_coco
-from pipeline.data.manifest import Manifest, SplitInfo, load_manifest, write_manifest
+from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, missing_test_dev_items, prepare_coco
+from pipeline.data.files_source import files_splits
+from pipeline.data.manifest import SPLIT_NAMES, Manifest, SplitInfo, load_manifest, write_manifest
 from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
 from pipeline.errors import ConfigError, DataError, short_repr
 from pipeline.paths import PARAMS_FILE, PREPARED_DIR, workspace_root
 
 MANIFEST_NAME = "manifest.json"
+#: The values of ``data.source``.
+SOURCES: tuple[str, ...] = ("synthetic", "coco", "files")
 
 
 def _finite_number(value: Any) -> bool:
@@ -84,10 +93,13 @@ def summarize_split(split: SplitInfo) -> dict[str, Any]:
     }
 
 
-def format_summary(source: str, out_dir: Path, summary: dict[str, dict[str, Any]]) -> str:
-    """A small text table of :func:`summarize_split` results."""
+def format_summary(source: str, out_dir: Path, summary: dict[str, dict[str, Any]], name: str | None = None) -> str:
+    """A small text table of :func:`summarize_split` results; a split the data lacks (test-dev of
+    a COCO tree without ``test2017/``, of a ``files`` dataset without a test-dev file) shows as
+    absent. ``name``: the dataset's name where it is not the source's."""
+    label = source if not name or name == source else f"{name} ({source})"
     lines = [
-        f"prepared {source} data -> {out_dir / MANIFEST_NAME}",
+        f"prepared {label} data -> {out_dir / MANIFEST_NAME}",
         f"{'split':<10}{'images':>8}{'instances':>11}{'crowd':>7}{'small':>8}{'medium':>8}{'large':>8}",
     ]
     for name, s in summary.items():
@@ -99,6 +111,8 @@ def format_summary(source: str, out_dir: Path, summary: dict[str, dict[str, Any]
             )
         else:
             lines.append(f"{name:<10}{s['images']:>8}{'(no annotations)':>42}")
+    for absent in (n for n in SPLIT_NAMES if n not in summary):
+        lines.append(f"{absent:<10}{'-':>8}{'(absent: evaluate skips it)':>42}")
     return "\n".join(lines)
 
 
@@ -116,12 +130,28 @@ def _synthetic_splits(root: Path) -> list[SplitInfo]:
 
 
 def coco_splits(root: Path) -> list[SplitInfo]:
-    """Manifest splits of a real COCO 2017 tree (minival = val2017; test-dev without annotations)."""
-    return [
+    """Manifest splits of a real COCO 2017 tree (minival = val2017; test-dev without annotations,
+    only where the tree has its parts, ``test2017/`` and the image-info file)."""
+    splits = [
         SplitInfo("train", root / "annotations" / "instances_train2017.json", root / "train2017", True),
         SplitInfo("minival", root / "annotations" / "instances_val2017.json", root / "val2017", True),
-        SplitInfo("test-dev", root / "annotations" / TEST_DEV_INFO_FILE, root / "test2017", False),
     ]
+    if not missing_test_dev_items(root):
+        splits.append(SplitInfo("test-dev", root / "annotations" / TEST_DEV_INFO_FILE, root / "test2017", False))
+    return splits
+
+
+def coco_archives(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """``data.coco.archives`` (the official ones where absent or empty), checked: a list of
+    mappings with ``url`` and ``md5``; :class:`ConfigError` naming the entry otherwise."""
+    archives = cfg.get("archives") or COCO_ARCHIVES
+    if not isinstance(archives, list):
+        raise ConfigError(f"params.yaml: data.coco.archives must be a list of {{url, md5}}, got {short_repr(archives)}")
+    for i, a in enumerate(archives):
+        if not isinstance(a, dict) or not all(isinstance(a.get(k), str) and a.get(k) for k in ("url", "md5")):
+            raise ConfigError(f"params.yaml: data.coco.archives[{i}] must be a mapping with url and md5 strings, "
+                              f"got {short_repr(a)}")
+    return archives
 
 
 def _remove_stale_temporaries(out: Path) -> None:
@@ -145,14 +175,15 @@ def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, pro
     """
     out = Path(out).absolute()
     source = _require(data_cfg, "source", "data")
-    if source not in ("synthetic", "coco"):
-        raise ConfigError(f"params.yaml: data.source must be 'synthetic' or 'coco', got {source!r}")
+    if source not in SOURCES:
+        raise ConfigError(f"params.yaml: data.source must be 'synthetic', 'coco' or 'files', got {short_repr(source)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    name = source
     try:
         if source == "synthetic":
             cfg = _require(data_cfg, "synthetic", "data")
@@ -169,15 +200,22 @@ def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, pro
                 workers=min(2, os.cpu_count() or 1) if workers is None else workers,
             )
             splits = _synthetic_splits(tmp / "synthetic")
-        else:
+        elif source == "coco":
             cfg = _require(data_cfg, "coco", "data")
-            root = Path(_require(cfg, "root", "data.coco"))
+            root = _require(cfg, "root", "data.coco")
+            if not isinstance(root, str) or not root.strip():
+                raise ConfigError(f"params.yaml: data.coco.root must be a path (the COCO 2017 tree), got {short_repr(root)}")
+            root = Path(root).expanduser()
             root = root if root.is_absolute() else workspace_root() / root  # the workspace's tree, also from a `dvc exp` copy
-            archives = cfg.get("archives") or COCO_ARCHIVES
-            prepare_coco(root, download=bool(cfg.get("download", False)), archives=archives, progress=progress)
+            root = Path(os.path.abspath(root))  # `..` folded, for the messages; symlinks kept
+            prepare_coco(root, download=bool(cfg.get("download", False)), archives=coco_archives(cfg),
+                         progress=progress)
             splits = coco_splits(root.resolve())
+        else:
+            # the user's own files; relative paths are the workspace's, also from a `dvc exp` copy
+            name, splits = files_splits(_require(data_cfg, "files", "data"), workspace_root())
         summary = {s.name: summarize_split(s) for s in splits}
-        write_manifest(tmp / MANIFEST_NAME, source, splits, summary=summary)
+        write_manifest(tmp / MANIFEST_NAME, source, splits, summary=summary, name=name)
 
         if out.exists():
             os.rename(out, old)
@@ -204,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 1
-    print(format_summary(manifest.source, Path(args.out), manifest.summary))
+    print(format_summary(manifest.source, Path(args.out), manifest.summary, name=manifest.name))
     return 0
 
 

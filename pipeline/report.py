@@ -28,6 +28,10 @@ truth; the README shows the first model's curves and predictions.
 
 Our numbers name the dataset they were measured on; published numbers stand in their own
 columns with their source.
+
+A split the evaluate stage skipped because the prepared data has none (its metrics file says
+``"skipped": true``, e.g. test-dev of a dataset without one) has no MLflow run to look up: its
+cells read "skipped (no test-dev split)" (:func:`ap_cell`) and it is left out of *Measured on*.
 """
 from __future__ import annotations
 
@@ -93,6 +97,29 @@ def checked_stats(run, file_metrics: dict[str, Any], path: Path, model_name: str
     return out
 
 
+def skipped_cell(split: str) -> str:
+    """The cell of a split the data lacks (the evaluate stage skipped it)."""
+    return f"skipped (no {split} split)"
+
+
+def ap_cell(record: dict[str, Any], task: str = "bbox", missing: str = "–") -> str:
+    """Our AP cell of one (run, split) record: its ``task`` AP where the split was scored,
+    "not scored" where it was predicted without annotations (real COCO test-dev),
+    :func:`skipped_cell` where the data has no such split, ``missing`` where there is no record."""
+    if not record:
+        return missing
+    if record.get("skipped"):
+        return skipped_cell(record["split"])
+    if not record.get("scored"):
+        return "not scored"
+    return fmt(record.get(task, {}).get("AP"))
+
+
+def measured_on(*records: dict[str, Any]) -> str:
+    """The *Measured on* cell: the datasets of the records that were evaluated (not skipped)."""
+    return "; ".join(r["dataset"] for r in records if r and not r.get("skipped")) or "–"
+
+
 def newest_run_or_fail(c, model_name: str, split: str, weights_sha256: str | None = None):
     """The newest FINISHED evaluate run of ``model_name`` on ``split``; with ``weights_sha256``,
     the newest that evaluated exactly those weights (the workspace's ``weights/<run>.pth``), so
@@ -121,6 +148,10 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
     module switches (``with_cmm``/``with_ism``/``with_rsm``) of its resolved configuration, where
     it has them.
 
+    A split the evaluate stage skipped (its metrics file says ``"skipped": true``: the data has
+    no such split) gets a record with ``"skipped": True`` and its ``reason``, and no MLflow
+    lookup (the stage logs no run for it).
+
     A split evaluated in variants as well (RepPoints V2 with corner snapping flipped, Dense
     RepPoints V2 with contour snapping flipped, under ``"variants"`` in the metrics file) gets
     ``record["variants"][name]`` with the variant run's numbers, checked the same way, and its
@@ -143,6 +174,26 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
             if not path.exists():
                 raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
             file_metrics = json.loads(path.read_text())
+            if file_metrics.get("skipped"):
+                record = {
+                    "model": model_name,
+                    "preset": entry.get("preset"),
+                    "scale": entry.get("scale"),
+                    "split": split,
+                    "dataset": file_metrics.get("dataset", f"no {split} split"),
+                    "scored": False,
+                    "skipped": True,
+                    "reason": file_metrics.get("reason", ""),
+                    "run_id": None,
+                    "section": section,
+                    "entry": run.entry,
+                    "seed": seed,
+                    "config": config_digest,
+                }
+                if modules is not None:
+                    record["modules"] = modules
+                rows.append(record)
+                continue
             found = newest_run_or_fail(c, model_name, split, digest)
             record = {
                 "model": model_name,
@@ -219,13 +270,13 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         pub = PUBLISHED.get(preset, {})
         b = mv.get("bbox", {})
         tb = td.get("bbox", {})
-        measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+        measured = measured_on(mv, td)
         lines.append(
             f"| {model} | {preset} ({any_row.get('scale')}) "
             f"| {fmt(b.get('AP'))} / {fmt(b.get('AP50'))} / {fmt(b.get('AP75'))} "
             f"| {fmt(b.get('APs'))} / {fmt(b.get('APm'))} / {fmt(b.get('APl'))} "
             f"| {fmt(mv.get('segm', {}).get('AP'))} "
-            f"| {fmt(tb.get('AP')) if td.get('scored') else 'not scored'} "
+            f"| {ap_cell(td, missing='not scored')} "
             f"| {measured} "
             f"| {pub.get('minival', '–') if pub.get('minival') is not None else '–'} "
             f"| {pub.get('test-dev') if pub.get('test-dev') is not None else '–'} "
@@ -300,8 +351,8 @@ def paper_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             any_row = mv or td
             task = row["task"]
             v = fmt(mv.get(task, {}).get("AP")) if mv else "–"
-            t = (fmt(td.get(task, {}).get("AP")) if td.get("scored") else "not scored") if td else "–"
-            measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+            t = ap_cell(td, task)
+            measured = measured_on(mv, td)
             lines.append(f"| {name} |{described} {v} | {t} | {model} ({any_row.get('scale')}) | {measured} "
                          f"| {pub_v} | {pub_t} |")
     lines.extend(_paper_notes(spec, notes))
@@ -328,7 +379,8 @@ def paper_tasks_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     As in :func:`paper_table`, a paper row gets one line per model of ours (``models``) trained
     from its preset, or one line saying it was not run. Per task our cell reads the run's AP of
     that COCO task (``bbox`` or ``segm``) on minival and on test-dev ("not scored" where test-dev
-    was not scored, "–" where the split or the task is missing); the paper's cell the row's
+    was not scored, "skipped (no test-dev split)" where the data has none, "–" where the split
+    or the task is missing; :func:`ap_cell`); the paper's cell the row's
     published ``(minival, test-dev)`` pair, "–" where the seed prints "---".
     """
     by_model = by_model_split(rows)
@@ -355,9 +407,9 @@ def paper_tasks_table(spec: dict[str, Any], rows: list[dict[str, Any]]) -> str:
             cells = []
             for task, _ in tasks:
                 v = fmt(mv.get(task, {}).get("AP")) if mv else "–"
-                t = (fmt(td.get(task, {}).get("AP")) if td.get("scored") else "not scored") if td else "–"
+                t = ap_cell(td, task)
                 cells.append(f" {v} / {t} |")
-            measured = "; ".join(r["dataset"] for r in (mv, td) if r)
+            measured = measured_on(mv, td)
             lines.append(f"| {name} |{described}{''.join(cells)} {model} ({any_row.get('scale')}) | {measured} "
                          f"|{paper}")
     lines.extend(_paper_notes(spec, notes))
@@ -378,7 +430,8 @@ def _pub(v: float | None) -> str:
 def cpm_testdev_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_TESTDEV_TABLE) -> str:
     """CPM R-CNN's test-dev table: per backbone row, one line per model of ours (``models``)
     trained from the row's preset, its test-dev box AP / AP50 / APs / APm / APl where test-dev
-    was scored, beside the README's numbers; "not run" where we have no such model."""
+    was scored ("not scored" / "skipped (no test-dev split)" otherwise), beside the README's
+    numbers; "not run" where we have no such model."""
     lines = [
         f"**{spec['title']}** (published: {spec['source']})",
         "",
@@ -400,6 +453,8 @@ def cpm_testdev_table(rows: list[dict[str, Any]], spec: dict[str, Any] = CPM_TES
             scale = next(iter(splits.values())).get("scale")
             if td is None:
                 cols, measured = "– | – | –", "–"
+            elif td.get("skipped"):
+                cols, measured = f"{skipped_cell('test-dev')} | – | –", td["dataset"]
             elif not td.get("scored"):
                 cols, measured = "not scored | not scored | not scored", td["dataset"]
             else:

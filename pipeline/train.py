@@ -193,8 +193,12 @@ def preemption_signals(request: StopRequest):
 
 
 def dataset_description(manifest, split: str, num_images: int) -> str:
-    """How a table row names the data a number was measured on, e.g. ``synthetic minival (200 images)``."""
-    return f"{manifest.source} {split} ({num_images} images)"
+    """How a table row (and the MLflow ``dataset`` tag) names the data a number was measured on:
+    the manifest's dataset name, the split and its size, e.g. ``synthetic minival (200 images)``
+    or ``my-dataset minival (40 images)`` (``data.files.name``); a manifest without a name (written
+    before it had one) gives its source."""
+    name = getattr(manifest, "name", "") or manifest.source
+    return f"{name} {split} ({num_images} images)"
 
 
 def category_names(dataset) -> list[str]:

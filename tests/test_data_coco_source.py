@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import json
 import re
+import shutil
 import socket
 import threading
 import zipfile
@@ -20,6 +21,7 @@ from pipeline.data.coco_source import (
     download_coco,
     is_online,
     missing_coco_items,
+    missing_test_dev_items,
     prepare_coco,
 )
 from pipeline.errors import DataError
@@ -242,20 +244,66 @@ def test_prepare_coco_downloads_an_absent_tree_when_online(tmp_path: Path, serve
 
 
 def test_prepare_coco_absent_and_offline_or_not_allowed(tmp_path: Path) -> None:
-    dead = [{"url": f"http://127.0.0.1:{_free_port()}/zips/train2017.zip", "md5": "0" * 32, "extract": True}]
+    """Each situation gets its own message, and none suggests what is already set."""
+    root = tmp_path / "coco"
+    # downloading on, but the host cannot be reached: say so, and how to get the files by hand
+    dead = [{"url": f"http://127.0.0.1:{_free_port()}/zips/train2017.zip", "md5": "0" * 32, "extract": True},
+            {"url": "http://127.0.0.1:9/zips/test2017.zip", "md5": "1" * 32, "extract": True}]
     assert not is_online(dead[0]["url"], timeout=2)
     with pytest.raises(DataError) as e:
-        prepare_coco(tmp_path / "coco", download=True, archives=dead, progress=False)
+        prepare_coco(root, download=True, archives=dead, progress=False)
     msg = str(e.value)
-    assert "train2017/" in msg and "annotations/instances_val2017.json" in msg
-    assert "cannot be reached" in msg and dead[0]["url"] in msg
-    assert not (tmp_path / "coco" / "downloads").exists()
+    assert msg.startswith(f"{root}: COCO 2017 tree incomplete (missing: train2017/, val2017/, "
+                          "annotations/instances_train2017.json, annotations/instances_val2017.json); ")
+    assert "test2017/" not in msg.split(";")[0]  # the optional parts are not "missing"
+    assert (f"data.coco.download is on, but {dead[0]['url']} cannot be reached from this machine (no network, "
+            f"or a proxy or firewall blocks 127.0.0.1:") in msg
+    assert (f"Get the files by hand: on a machine with network access download these archives (md5 sums in "
+            f"data.coco.archives), copy them here, unzip them into {root} and run the prepare stage again:\n"
+            f"  {dead[0]['url']}\noptional, for the test-dev split (about 6 GB more):\n  {dead[1]['url']}") in msg
+    assert "set data.coco.download" not in msg and "downloading is off" not in msg
+    assert not (root / "downloads").exists()
 
+    # downloading off: suggest turning it on, or downloading by hand
     with pytest.raises(DataError) as e:
-        prepare_coco(tmp_path / "coco", download=False, archives=COCO_ARCHIVES)
+        prepare_coco(root, download=False, archives=COCO_ARCHIVES)
     msg = str(e.value)
-    assert "downloading is off" in msg and "http://images.cocodataset.org/zips/train2017.zip" in msg
-    assert "data.coco.download" in msg
+    assert ("; downloading is off (data.coco.download: false). Either set data.coco.download: true in "
+            "params.yaml to have the prepare stage download and unzip the archives (on a machine that can reach "
+            "images.cocodataset.org), or download these archives by hand and unzip them into") in msg
+    assert "http://images.cocodataset.org/zips/train2017.zip" in msg and "cannot be reached" not in msg
+    assert "optional, for the test-dev split (about 6 GB more):\n  http://images.cocodataset.org/zips/test2017.zip" in msg
+
+    # downloading on, but no archives listed
+    with pytest.raises(DataError) as e:
+        prepare_coco(root, download=True, archives=[])
+    msg = str(e.value)
+    assert "data.coco.download is on, but data.coco.archives lists no archives to download" in msg
+    assert "set data.coco.download" not in msg
+
+
+def test_a_tree_without_test_parts_downloads_nothing(tmp_path: Path, server: Served, archives: list[dict],
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """train and val complete, test-dev absent: used as it is, with a note; no request is made
+    although downloading is on and the host answers."""
+    root = build_coco_tree(tmp_path / "coco")
+    shutil.rmtree(root / "test2017")
+    (root / "annotations" / "image_info_test-dev2017.json").unlink()
+    assert check_coco_tree(root) is False
+    assert prepare_coco(root, download=True, archives=archives, progress=False) == root
+    assert server.log == [] and not (root / "downloads").exists()
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"prepare: note: {root}: no test-dev split (missing: test2017/, "
+                              "annotations/image_info_test-dev2017.json); test-dev is skipped")
+    assert "http://images.cocodataset.org/zips/test2017.zip" in printed  # the configured list has none
+
+    # half of the test parts (the images without the image-info file): still no test-dev, the missing part named
+    shutil.copytree(root / "val2017", root / "test2017")
+    assert missing_test_dev_items(root) == ["annotations/image_info_test-dev2017.json"]
+    assert check_coco_tree(root) is False
+    prepare_coco(root, download=True, archives=archives, progress=False)
+    assert "(missing: annotations/image_info_test-dev2017.json); test-dev is skipped" in capsys.readouterr().out
+    assert server.log == []
 
 
 def test_prepare_coco_uses_a_complete_tree_without_network(tmp_path: Path) -> None:
@@ -268,14 +316,18 @@ def test_prepare_coco_uses_a_complete_tree_without_network(tmp_path: Path) -> No
 
 def test_check_coco_tree_names_every_missing_part(tmp_path: Path) -> None:
     root = build_coco_tree(tmp_path / "coco")
-    check_coco_tree(root)
+    assert check_coco_tree(root) is True
     (root / "annotations" / "image_info_test-dev2017.json").unlink()
-    for p in (root / "test2017").iterdir():
-        p.unlink()
-    (root / "test2017").rmdir()
+    shutil.rmtree(root / "test2017")
+    assert check_coco_tree(root) is False  # the test-dev parts are optional
+    assert missing_coco_items(root) == ["test2017/", "annotations/image_info_test-dev2017.json"]
+    assert missing_coco_items(root, test_dev=False) == []
+    (root / "annotations" / "instances_val2017.json").unlink()
+    shutil.rmtree(root / "train2017")
     with pytest.raises(DataError) as e:
         check_coco_tree(root)
-    assert "missing: test2017/, annotations/image_info_test-dev2017.json" in str(e.value)
+    assert str(e.value) == (f"{root}: incomplete COCO 2017 tree, missing: train2017/, annotations/instances_val2017.json "
+                            "(only test2017/ and annotations/image_info_test-dev2017.json are optional)")
     with pytest.raises(DataError, match="does not exist"):
         check_coco_tree(tmp_path / "nowhere")
 

@@ -12,10 +12,10 @@ import yaml
 
 from pipeline.data.dataset import CocoDetectionDataset
 from pipeline.data.manifest import SplitInfo, load_manifest, write_manifest
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.paths import REPO_ROOT
 from pipeline.prepare import main, prepare
-from tests.data_fixtures import build_coco_tree
+from tests.data_fixtures import COCO_MINI, build_coco_tree
 
 TINY = {"source": "synthetic", "synthetic": {"num_train": 6, "num_minival": 3, "num_testdev": 3, "seed": 1}}
 
@@ -33,7 +33,7 @@ def test_synthetic_prepare_writes_a_loadable_manifest(tmp_path: Path, capsys: py
     assert "train" in printed and "minival" in printed and "test-dev" in printed and "small" in printed
 
     raw = json.loads((out / "manifest.json").read_text())
-    assert raw["source"] == "synthetic"
+    assert raw["source"] == raw["name"] == "synthetic"
     assert raw["splits"]["train"]["ann_file"] == "synthetic/annotations/instances_train2017.json"
     assert raw["splits"]["test-dev"]["ann_file"] == "synthetic/annotations/instances_test-dev2017.json"
     assert raw["splits"]["minival"]["img_dir"] == "synthetic/val2017"
@@ -89,6 +89,7 @@ def test_coco_source_manifest_points_at_the_tree(tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     manifest = prepare({"source": "coco", "coco": {"root": str(root), "download": False}}, out)
     raw = json.loads((out / "manifest.json").read_text())
+    assert raw["source"] == raw["name"] == "coco" and manifest.name == "coco"
     assert raw["splits"]["minival"]["ann_file"] == str(root.resolve() / "annotations" / "instances_val2017.json")
     test_dev = manifest.split("test-dev")
     assert not test_dev.has_annotations
@@ -102,7 +103,7 @@ def test_coco_source_manifest_points_at_the_tree(tmp_path: Path) -> None:
 def test_config_and_data_errors_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "prepared"
     assert main(["--params", str(_params(tmp_path, {"source": "imagenet"})), "--out", str(out)]) == 1
-    assert "data.source must be 'synthetic' or 'coco'" in capsys.readouterr().err
+    assert "data.source must be 'synthetic', 'coco' or 'files'" in capsys.readouterr().err
     assert main(["--params", str(_params(tmp_path, {"source": "synthetic", "synthetic": {"num_train": 2}})),
                  "--out", str(out)]) == 1
     assert "missing data.synthetic.num_minival" in capsys.readouterr().err
@@ -145,3 +146,53 @@ def test_command_line_entry_with_rendering_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "train" in proc.stdout and "64" in proc.stdout
     assert load_manifest(out / "manifest.json").summary["train"]["images"] == 64
+
+
+def test_a_coco_tree_without_test_parts_prepares_without_test_dev(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """tests/data/coco_mini (train2017 + val2017, no test2017/): prepared with a note, no download
+    (downloading is on, and the archives' host would not answer), no test-dev split."""
+    dead = [{"url": "http://127.0.0.1:9/zips/test2017.zip", "md5": "0" * 32},
+            {"url": "http://127.0.0.1:9/zips/train2017.zip", "md5": "1" * 32}]
+    params = _params(tmp_path, {"source": "coco", "coco": {"root": str(COCO_MINI), "download": True, "archives": dead}})
+    out = tmp_path / "prepared"
+    assert main(["--params", str(params), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"prepare: note: {COCO_MINI}: no test-dev split (missing: test2017/, "
+            f"annotations/image_info_test-dev2017.json); test-dev is skipped") in printed
+    assert f"unzip them into {COCO_MINI}, then run the prepare stage again:\n  http://127.0.0.1:9/zips/test2017.zip\n" in printed
+    assert "train2017.zip" not in printed  # only the archive that adds test-dev is named
+    assert "(absent: evaluate skips it)" in printed
+    assert not (COCO_MINI / "downloads").exists()
+    manifest = load_manifest(out / "manifest.json")
+    assert set(manifest.splits) == {"train", "minival"} and manifest.name == "coco"
+    assert manifest.summary["minival"]["images"] == 3 and "test-dev" not in manifest.summary
+
+    # the official archives are named when the configured list has no test-dev archive
+    prepare({"source": "coco", "coco": {"root": str(COCO_MINI), "download": False}}, out)
+    printed = capsys.readouterr().out
+    assert "http://images.cocodataset.org/zips/test2017.zip" in printed
+    assert "http://images.cocodataset.org/annotations/image_info_test2017.zip" in printed
+
+
+def test_coco_archives_setting_is_checked(tmp_path: Path) -> None:
+    coco = {"root": str(COCO_MINI), "download": True, "archives": [{"url": "http://x/a.zip"}]}
+    with pytest.raises(ConfigError, match=r"data\.coco\.archives\[0\] must be a mapping with url and md5"):
+        prepare({"source": "coco", "coco": coco}, tmp_path / "prepared")
+    with pytest.raises(ConfigError, match=r"data\.coco\.root must be a path"):
+        prepare({"source": "coco", "coco": {"root": ""}}, tmp_path / "prepared")
+
+
+def test_manifest_name_is_written_and_defaults_to_the_source(tmp_path: Path) -> None:
+    split = SplitInfo("train", tmp_path / "a.json", tmp_path / "imgs", True)
+    write_manifest(tmp_path / "named.json", "files", [split], name="my-dataset")
+    assert json.loads((tmp_path / "named.json").read_text())["name"] == "my-dataset"
+    assert load_manifest(tmp_path / "named.json").name == "my-dataset"
+    # a manifest written before the name existed
+    (tmp_path / "old.json").write_text(json.dumps({"version": 1, "source": "coco", "splits": {
+        "train": {"ann_file": "a.json", "img_dir": "imgs", "has_annotations": True}}}))
+    old = load_manifest(tmp_path / "old.json")
+    assert old.name == "coco" and set(old.splits) == {"train"}
+    for bad in ("", 3, None):
+        (tmp_path / "bad.json").write_text(json.dumps({"source": "files", "name": bad, "splits": {}}))
+        with pytest.raises(DataError, match=r"bad\.json: 'name' must be a non-empty string"):
+            load_manifest(tmp_path / "bad.json")

@@ -223,6 +223,7 @@ def test_coco_annotation_loader(fuzz_dir: Path, data: st.DataObject) -> None:
 VALID_MANIFEST: dict[str, Any] = {
     "version": 1,
     "source": "synthetic",
+    "name": "synthetic",
     "splits": {
         name: {"ann_file": f"synthetic/annotations/{name}.json", "img_dir": "synthetic/img", "has_annotations": True}
         for name in SPLIT_NAMES
@@ -240,6 +241,7 @@ def test_manifest_reader(fuzz_dir: Path, data: st.DataObject) -> None:
     if manifest is None:
         return
     assert isinstance(manifest.source, str) and isinstance(manifest.summary, dict)
+    assert isinstance(manifest.name, str) and (manifest.name or manifest.source == "")
     for name, split in manifest.splits.items():
         assert name in SPLIT_NAMES and isinstance(split.has_annotations, bool)
         assert isinstance(split.ann_file, Path) and isinstance(split.img_dir, Path)

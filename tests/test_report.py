@@ -528,3 +528,51 @@ def test_the_note_states_the_noise_when_params_set_it():
     assert note_text(0.0) == NOTE
     text = note_text(0.028)
     assert text.startswith(NOTE) and "vary by about 2.8 AP" in text and "noise.box_ap" in text
+
+
+# ---------------------------------------------------------------------------- a split the data lacks
+def skipped_metrics(model, split="test-dev", name="my-dataset"):
+    """A metrics file as the evaluate stage writes it for a split the manifest lacks."""
+    return {"model": model, "split": split, "dataset": f"{name} (no {split} split)", "scored": False,
+            "skipped": True, "reason": f"the prepared data (dataset {name}) has no {split} split, so nothing "
+                                       f"was predicted or scored on it"}
+
+
+def test_report_shows_a_skipped_test_dev_split_without_an_mlflow_run(tmp_path, params):
+    """test-dev skipped by the evaluate stage (no MLflow run, metrics file ``skipped``): the report
+    neither fails looking for its run nor counts it as measured data."""
+    model = "m_skipped_td"
+    p = {**params, "models": {model: params["models"]["m_report"]}}
+    metrics = tmp_path / "metrics"
+    log_eval(model, "minival", stats_with(0.3), dataset="my-dataset minival (3 images)")
+    write_metrics(metrics, model, "minival", stats_with(0.3), dataset="my-dataset minival (3 images)")
+    (metrics / model / "test-dev.json").write_text(json.dumps(skipped_metrics(model)))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{BEGIN}\n{END}\n")
+    md = write_report(p, readme=readme, reports_dir=tmp_path / "reports", metrics_root=metrics, weights_root=None)
+    row = next(line for line in readme.read_text().splitlines() if line.startswith(f"| {model}"))
+    assert cells(row)[4:7] == ["–", "skipped (no test-dev split)", "my-dataset minival (3 images)"]
+    assert "| 30.0 / 50.0 / 50.0 |" in row
+    full = md.split("## All COCO numbers")[1].split("## Figures")[0]
+    assert f"| {model} | minival | bbox |" in full and "test-dev" not in full
+    assert json.loads((tmp_path / "reports" / "metrics.json").read_text())[model] == {
+        "box_AP": 0.3, "box_AP50": 0.5, "box_AP75": 0.5}
+
+
+def test_the_papers_tables_show_a_skipped_test_dev_split():
+    from pipeline.report import cpm_testdev_table, paper_table
+
+    rows = [dict(D2DET_ROWS[0], dataset="my-dataset minival (3 images)"),
+            {"model": "d2det_r50_fpn", "preset": "d2det_r50_fpn", "scale": "cpu", "split": "test-dev",
+             **skipped_metrics("d2det_r50_fpn")}]
+    line = next(l for l in paper_table(spec("D2Det"), rows).splitlines() if l.startswith("| D2Det-res50 [1]"))
+    assert cells(line)[2:6] == ["39.0", "skipped (no test-dev split)", "d2det_r50_fpn (cpu)",
+                                "my-dataset minival (3 images)"]
+    dense = [dict(r, model="dense", preset="dense_reppoints_v2_r50_fpn_1x") for r in rows]
+    line = next(l for l in paper_table(spec("Dense RepPoints V2"), dense).splitlines()
+                if l.startswith("| Dense_RepPoints_V2_R_50_FPN_1x |"))
+    assert cells(line)[2:6] == ["39.0 / skipped (no test-dev split)", "– / skipped (no test-dev split)",
+                                "dense (cpu)", "my-dataset minival (3 images)"]
+    cpm = [dict(r, model="cpm", preset="cpm_rcnn_r50_fpn") for r in rows]
+    line = next(l for l in cpm_testdev_table(cpm).splitlines() if l.startswith("| R-50-FPN |"))
+    assert cells(line)[2:7] == ["skipped (no test-dev split)", "–", "–", "cpm (cpu)", "my-dataset (no test-dev split)"]

@@ -1,4 +1,5 @@
-"""Data layer: COCO-format datasets (real or synthetic), transforms, samplers, collation.
+"""Data layer: COCO-format datasets (synthetic, real COCO or the user's own files), transforms,
+samplers, collation.
 
 Stages read ``data/prepared/manifest.json`` (:func:`load_manifest`) and build datasets with
 :func:`build_dataset`; the ``prepare`` stage (:mod:`pipeline.prepare`) writes the data and
@@ -21,6 +22,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "missing_coco_items": ("pipeline.data.coco_source", "missing_coco_items"),
     "prepare_coco": ("pipeline.data.coco_source", "prepare_coco"),
     "collate_detection": ("pipeline.data.collate", "collate_detection"),
+    "files_splits": ("pipeline.data.files_source", "files_splits"),
     "CocoDetectionDataset": ("pipeline.data.dataset", "CocoDetectionDataset"),
     "build_dataset": ("pipeline.data.dataset", "build_dataset"),
     "decode_segmentation": ("pipeline.data.dataset", "decode_segmentation"),
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
         prepare_coco,
     )
     from pipeline.data.collate import collate_detection
+    from pipeline.data.files_source import files_splits
     from pipeline.data.dataset import CocoDetectionDataset, build_dataset, decode_segmentation, load_coco_json
     from pipeline.data.manifest import SPLIT_NAMES, Manifest, SplitInfo, load_manifest, write_manifest
     from pipeline.data.samplers import GroupedBatchSampler, InferenceSampler

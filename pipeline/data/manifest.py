@@ -1,19 +1,28 @@
 """The prepared-data manifest: where each split's annotation file and images are.
 
 ``data/prepared/manifest.json`` is written by the ``prepare`` stage and read by every later
-stage, so they never need to know whether the data is synthetic or real COCO::
+stage, so they never need to know whether the data is synthetic, real COCO or a user's own
+COCO-format files::
 
     {
       "version": 1,
       "source": "synthetic",
+      "name": "synthetic",        # optional: the dataset's name in tables and MLflow (default: source)
       "splits": {
         "train":    {"ann_file": "synthetic/annotations/instances_train2017.json",
                      "img_dir": "synthetic/train2017", "has_annotations": true},
         "minival":  {...},
-        "test-dev": {...}
+        "test-dev": {...}       # optional: a dataset may have no test-dev split
       },
       "summary": {...}            # optional: counts printed by prepare
     }
+
+``source`` is the prepare stage's ``data.source`` (``synthetic``, ``coco`` or ``files``);
+``name`` is what tables and MLflow call the data (``synthetic minival (200 images)``): the source
+for synthetic and coco, ``data.files.name`` for ``files``. Manifests written before ``name``
+existed load with ``name`` = ``source``. train and minival are always there; test-dev only where
+the data has it (a COCO tree without ``test2017/``, a ``files`` dataset without a test-dev file),
+and the evaluate stage skips a split the manifest lacks.
 
 Paths inside the manifest's directory are stored relative to it (the prepared folder can
 move, e.g. into a ``dvc exp`` temporary copy); others are stored absolute.
@@ -46,13 +55,19 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The loaded manifest: data source (``"synthetic"`` or ``"coco"``), splits by name, and the
-    optional summary written by the prepare stage."""
+    """The loaded manifest: data source (``"synthetic"``, ``"coco"`` or ``"files"``), splits by
+    name (test-dev may be absent), the optional summary written by the prepare stage, and the
+    dataset's name as tables and MLflow show it (``""`` given: the source's name)."""
 
     path: Path
     source: str
     splits: dict[str, SplitInfo]
     summary: dict[str, Any]
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.source)
 
     def split(self, name: str) -> SplitInfo:
         """The split called ``name``; :class:`DataError` if the manifest has none."""
@@ -75,11 +90,12 @@ def write_manifest(
     source: str,
     splits: Mapping[str, SplitInfo] | Iterable[SplitInfo],
     summary: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> None:
     """Write the manifest JSON to ``path`` atomically (temporary file + rename).
 
     ``splits`` is a mapping name -> :class:`SplitInfo` or an iterable of them; split names
-    must be among :data:`SPLIT_NAMES`.
+    must be among :data:`SPLIT_NAMES`. ``name`` is the dataset's name (default: ``source``).
     """
     path = Path(path)
     items = list(splits.values()) if isinstance(splits, Mapping) else list(splits)
@@ -93,7 +109,8 @@ def write_manifest(
             "img_dir": _store_path(s.img_dir, base),
             "has_annotations": bool(s.has_annotations),
         }
-    doc: dict[str, Any] = {"version": MANIFEST_VERSION, "source": source, "splits": entries}
+    doc: dict[str, Any] = {"version": MANIFEST_VERSION, "source": source, "name": name or source,
+                           "splits": entries}
     if summary is not None:
         doc["summary"] = summary
     base.mkdir(parents=True, exist_ok=True)
@@ -117,7 +134,8 @@ def load_manifest(path: Path) -> Manifest:
     Raises :class:`DataError` naming the file (and the split) when it is missing or unreadable,
     not UTF-8 JSON (line/column), not an object with ``source`` and ``splits``, or a split
     lacks a key or holds a value of the wrong type (paths are strings, ``has_annotations`` a
-    bool, split names among :data:`SPLIT_NAMES`).
+    bool, split names among :data:`SPLIT_NAMES`, ``name`` a non-empty string where present).
+    A manifest without ``name`` (written before it existed) gets ``name`` = ``source``.
     """
     path = Path(path)
     try:
@@ -139,6 +157,9 @@ def load_manifest(path: Path) -> Manifest:
         raise DataError(f"{path}: not a manifest (needs 'source' and a 'splits' object)")
     if not isinstance(doc["source"], str):
         raise DataError(f"{path}: 'source' must be a string such as 'synthetic' or 'coco'")
+    dataset_name = doc.get("name", doc["source"])
+    if "name" in doc and (not isinstance(dataset_name, str) or not dataset_name.strip()):
+        raise DataError(f"{path}: 'name' must be a non-empty string (the dataset's name), got {short_repr(dataset_name)}")
     summary = doc.get("summary") or {}
     if not isinstance(summary, dict):
         raise DataError(f"{path}: 'summary' must be an object, got {type(summary).__name__}")
@@ -156,4 +177,4 @@ def load_manifest(path: Path) -> Manifest:
         ann_file = _entry_path(ann_file, path, name, "ann_file")
         img_dir = _entry_path(img_dir, path, name, "img_dir")
         splits[name] = SplitInfo(name, base / ann_file, base / img_dir, has_ann)
-    return Manifest(path=path, source=doc["source"], splits=splits, summary=dict(summary))
+    return Manifest(path=path, source=doc["source"], splits=splits, summary=dict(summary), name=dataset_name)
