@@ -612,7 +612,7 @@ def evaluate_model(
         for name, value in variants:
             tags[variant_switch(name)] = str(not value).lower()
         artifacts = [out] + [f for f in files if f.suffix in (".zip", ".png", ".csv")]
-        data_input = (f"{manifest.source}/{split_name}", prepared_data_digest(manifest_file), str(split.ann_file),
+        data_input = (f"{manifest.name}/{split_name}", prepared_data_digest(manifest_file), str(split.ann_file),
                       split_name)
         log_evaluate_run(f"evaluate/{model_name}/{split_name}", tags, ev_cfg, cfg, state, metrics, sec_per_img,
                          artifacts, track, data_input)

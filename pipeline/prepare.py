@@ -27,6 +27,7 @@ printed and stored in the manifest.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import shutil
@@ -57,8 +58,20 @@ def _finite_number(value: Any) -> bool:
         return False
 
 
+def _file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, first 16 hex digits, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def summarize_split(split: SplitInfo) -> dict[str, Any]:
-    """Images, instances (non-crowd), crowd regions and area-range histogram of one split.
+    """Images, instances (non-crowd), crowd regions and area-range histogram of one split, and
+    ``ann_sha256`` (the annotation file's sha256, first 16 hex digits): the manifest changes when
+    the file does, so a `dvc repro -f prepare` after an edit of a user's annotation file (no DVC
+    dependency: it lies outside the repository) re-runs every stage that read it.
 
     Raises :class:`DataError` naming the file (and the annotation) when it is not a COCO
     object with lists of images and annotations, or an annotation's ``area`` is not a number.
@@ -90,6 +103,7 @@ def summarize_split(split: SplitInfo) -> dict[str, Any]:
         "instances": sum(hist.values()),
         "crowd": crowd,
         "area_hist": hist,
+        "ann_sha256": _file_sha256(split.ann_file),
     }
 
 

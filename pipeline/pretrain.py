@@ -179,10 +179,10 @@ def pretrain_backbone(params: dict[str, Any], manifest_file: Path = MANIFEST_FIL
     xt = torch.from_numpy(x_train)
     yt = torch.from_numpy(y_train)
     tags = {"stage": "pretrain", "model": "cpu_backbone", "scale": "cpu",
-            "dataset": f"{manifest.source} train ({len(train_set)} images, {len(x_train)} crops)"}
+            "dataset": f"{manifest.name} train ({len(train_set)} images, {len(x_train)} crops)"}
     start = time.time()
     with Tracker("pretrain/cpu_backbone", tags, enabled=track) as tracker:
-        tracker.log_dataset(f"{manifest.source}/train", prepared_data_digest(manifest_file),
+        tracker.log_dataset(f"{manifest.name}/train", prepared_data_digest(manifest_file),
                             str(manifest.split("train").ann_file), "train")
         tracker.log_params({"pretrain": cfg, "num_crops": len(x_train)})
         model.train()

@@ -320,7 +320,7 @@ def run_training(
     with preemption_signals(stop_request), \
             Tracker(f"train/{run}", tags, enabled=track and dist_info.is_main,
                     resume_run_id=resume_run_id, system_metrics=True) as tracker:
-        tracker.log_dataset(f"{manifest.source}/train", prepared_data_digest(manifest_file),
+        tracker.log_dataset(f"{manifest.name}/train", prepared_data_digest(manifest_file),
                             str(manifest.split("train").ann_file), "train")
         tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
                             "world_size": dist_info.world_size, "lr_scaling": scaling.params()})

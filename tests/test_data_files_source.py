@@ -2,6 +2,7 @@
 (pipeline/data/files_source.py) through the prepare stage, made from tests/data/coco_mini."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -70,7 +71,8 @@ def test_files_source_test_dev_scored_with_annotations_not_without(tmp_path: Pat
     td = unscored.split("test-dev")
     assert not td.has_annotations and td.ann_file == info.resolve()
     assert unscored.summary["test-dev"] == {"images": 3, "has_annotations": False, "instances": 0, "crowd": 0,
-                                            "area_hist": {"small": 0, "medium": 0, "large": 0}}
+                                            "area_hist": {"small": 0, "medium": 0, "large": 0},
+                                            "ann_sha256": hashlib.sha256(info.read_bytes()).hexdigest()[:16]}
     assert CocoDetectionDataset(td.ann_file, td.img_dir)[0][1]["boxes"].shape == (0, 4)
 
 
