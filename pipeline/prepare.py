@@ -37,6 +37,7 @@ from typing import Any
 
 from pipeline.config import load_params
 from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, missing_test_dev_items, prepare_coco
+from pipeline.data.checks import check_prepared_splits
 from pipeline.data.files_source import files_splits
 from pipeline.data.manifest import SPLIT_NAMES, Manifest, SplitInfo, load_manifest, write_manifest
 from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
@@ -228,6 +229,8 @@ def prepare(data_cfg: dict[str, Any], out: Path, workers: int | None = None, pro
         else:
             # the user's own files; relative paths are the workspace's, also from a `dvc exp` copy
             name, splits = files_splits(_require(data_cfg, "files", "data"), workspace_root())
+            # every record, every image header, unique category names, something to train on
+            check_prepared_splits(splits)
         summary = {s.name: summarize_split(s) for s in splits}
         write_manifest(tmp / MANIFEST_NAME, source, splits, summary=summary, name=name)
 

@@ -470,32 +470,67 @@ def test_image_decoding_in_prepare(coco_tree: Path, case: tuple[bytes, int, int,
 
 # --------------------------------------------------------------------------- predict: no partial output
 
-def test_predict_writes_nothing_when_an_image_fails_halfway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An image whose header reads but whose pixels are truncated fails in the middle of the
-    run; the output folder then holds no picture and no predictions.json."""
-    import pipeline.predict as predict
+class _NoDetections(torch.nn.Module):
+    """A detector that finds nothing (and, from its ``fail_at``-th call on, raises)."""
 
-    class NoDetections(torch.nn.Module):
-        def forward(self, images: torch.Tensor, image_sizes: Any, targets: Any) -> list[dict[str, torch.Tensor]]:
-            return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
-                    for _ in range(images.shape[0])]
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.calls, self.fail_at = 0, fail_at
 
-    state = {"config": {"data": {"test_scale": [64, 48]}}, "cat_ids": [1], "categories": [{"id": 1, "name": "a"}]}
-    monkeypatch.setattr(predict, "load_checkpoint", lambda checkpoint, device: (NoDetections(), state))
+    def forward(self, images: torch.Tensor, image_sizes: Any, targets: Any) -> list[dict[str, torch.Tensor]]:
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("the detector broke down")
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                for _ in range(images.shape[0])]
+
+
+_PREDICT_STATE = {"config": {"data": {"test_scale": [64, 48]}}, "cat_ids": [1], "categories": [{"id": 1, "name": "a"}]}
+
+
+def _predict_folder(tmp_path: Path) -> Path:
+    """``in/a.png`` (intact) and ``in/b.png`` (header intact, pixels cut)."""
     source = tmp_path / "in"
     source.mkdir()
-    good = Image.fromarray(np.full((30, 40, 3), 90, np.uint8))
-    good.save(source / "a.png")
+    Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(source / "a.png")
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(buf, format="PNG")
-    (source / "b.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # header intact, pixels cut
+    (source / "b.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    return source
+
+
+def test_predict_skips_an_image_that_fails_halfway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image whose header reads but whose pixels are truncated fails in the middle of the
+    run: it is skipped, the other image's outputs are written, and UnreadableImages (a DataError
+    naming it) is raised at the end; the repaired folder then goes through."""
+    import pipeline.predict as predict
+
+    monkeypatch.setattr(predict, "load_checkpoint", lambda checkpoint, device: (_NoDetections(), _PREDICT_STATE))
+    source = _predict_folder(tmp_path)
     out = tmp_path / "out"
-    with pytest.raises(DataError, match="b.png"):
+    with pytest.raises(predict.UnreadableImages, match="b.png") as e:
         predict.run_predict(tmp_path / "weights.pth", source, out, device="cpu", batch_size=1)
-    assert not out.exists() or list(out.iterdir()) == []
+    assert isinstance(e.value, DataError) and len(str(e.value)) <= MAX_MESSAGE
+    assert [p.name for p, _ in e.value.failures] == ["b.png"] and e.value.records == []
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "predictions.json"]
     shutil.copy(source / "a.png", source / "b.png")  # the same folder, repaired, goes through
     records = predict.run_predict(tmp_path / "weights.pth", source, out, device="cpu", batch_size=1)
     assert records == [] and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "predictions.json"]
+
+
+def test_predict_writes_nothing_when_the_run_stops_halfway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run that stops half-way (here the detector raises on its second batch, after the first
+    picture was staged) leaves no picture and no predictions.json in the output folder."""
+    import pipeline.predict as predict
+
+    monkeypatch.setattr(predict, "load_checkpoint",
+                        lambda checkpoint, device: (_NoDetections(fail_at=2), _PREDICT_STATE))
+    source = _predict_folder(tmp_path)
+    shutil.copy(source / "a.png", source / "b.png")
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="broke down"):
+        predict.run_predict(tmp_path / "weights.pth", source, out, device="cpu", batch_size=1)
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- what the long profile found

@@ -57,10 +57,12 @@ def test_predict_folder_writes_records_and_pictures(tiny_checkpoint, image_folde
     state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     records = json.loads((out / "predictions.json").read_text())
     names = sorted(INPUTS)
+    class_name = {c["id"]: c["name"] for c in state["categories"]}
     assert {r["file_name"] for r in records} == set(names)  # every image, grayscale and RGBA included
     for r in records:
         assert r["file_name"] == names[r["image_id"]]  # image_id = index in the sorted list
         assert r["category_id"] in state["cat_ids"]
+        assert r["category_name"] == class_name[r["category_id"]]  # the checkpoint's class names
         _, w, h = INPUTS[r["file_name"]]
         x, y, bw, bh = r["bbox"]
         assert 0 <= x and 0 <= y and bw >= 0 and bh >= 0
@@ -83,16 +85,19 @@ def test_predict_folder_writes_records_and_pictures(tiny_checkpoint, image_folde
     assert torch.equal(result["picture"], saved)
 
 
-@pytest.mark.parametrize("case", ["missing input", "corrupt image"])
+@pytest.mark.parametrize("case", ["missing input", "corrupt input file", "folder of corrupt images"])
 def test_bad_input_exits_2_naming_the_file(case, tiny_checkpoint, image_folder, tmp_path):
     if case == "missing input":
         source = bad = tmp_path / "no_such_folder"
     else:
         source = tmp_path / "in"
         source.mkdir()
-        (source / "a_rgb.jpg").write_bytes((image_folder / "a_rgb.jpg").read_bytes())
         bad = source / "broken.jpg"
         bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+        if case == "corrupt input file":
+            source = bad
+        else:
+            (source / "empty.png").write_bytes(b"")
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.predict", "--checkpoint", str(tiny_checkpoint), "--input", str(source),
          "--out", str(tmp_path / "out"), "--device", "cpu"],
@@ -102,6 +107,41 @@ def test_bad_input_exits_2_naming_the_file(case, tiny_checkpoint, image_folder, 
     assert str(bad) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "predictions.json").exists()
+    if case == "folder of corrupt images":
+        assert f"{source}: none of its 2 image(s) could be read: 'broken.jpg', 'empty.png'" in proc.stderr
+        assert not (tmp_path / "out").exists()  # refused before the model is loaded
+
+
+def test_folder_with_a_corrupt_image_predicts_the_others_and_exits_1(tiny_checkpoint, image_folder, tmp_path, capsys):
+    """A corrupt file among good ones is warned about (name and why), every other image is
+    predicted and written, the failures are listed at the end, and the exit status is 1."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in INPUTS:
+        (source / name).write_bytes((image_folder / name).read_bytes())
+    (source / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")  # header unreadable
+    cut = (image_folder / "c_rgba.png").read_bytes()
+    (source / "c_cut.png").write_bytes(cut[: len(cut) // 2])  # header intact, pixels cut: fails while decoding
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c_cut.png").write_bytes(b"a picture from an earlier run")
+    with pytest.raises(SystemExit) as exc:
+        predict_main(["--checkpoint", str(tiny_checkpoint), "--input", str(source), "--out", str(out),
+                      "--device", "cpu", "--batch-size", "2", "--score-thr", "0.0"])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    names = sorted([*INPUTS, "b_broken.jpg", "c_cut.png"])  # a_rgb, b_broken, b_gray, c_cut, c_rgba
+    for bad in ("b_broken.jpg", "c_cut.png"):
+        assert f"predict: warning: skipped an unreadable image: {source / bad}: cannot decode image" in err, err
+    summary = err[err.index("predict: 2 unreadable image(s):"):]
+    assert summary.index(str(source / "b_broken.jpg")) < summary.index(str(source / "c_cut.png"))
+    assert (f"predict: error: {source}: 2 of 5 image(s) could not be read and have no output: 'b_broken.jpg', "
+            f"'c_cut.png'; the other 3 were predicted") in summary
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["a_rgb.png", "b_gray.png", "c_rgba.png", "predictions.json"]
+    records = json.loads((out / "predictions.json").read_text())
+    assert {r["file_name"] for r in records} == set(INPUTS)
+    assert all(r["file_name"] == names[r["image_id"]] for r in records)  # ids: index among all listed files
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing checkpoint"])

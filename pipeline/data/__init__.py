@@ -3,7 +3,8 @@ samplers, collation.
 
 Stages read ``data/prepared/manifest.json`` (:func:`load_manifest`) and build datasets with
 :func:`build_dataset`; the ``prepare`` stage (:mod:`pipeline.prepare`) writes the data and
-the manifest.
+the manifest; :func:`check_prepared_splits` checks a user's COCO-format splits before they go
+into it.
 
 Exports are resolved lazily (PEP 562), so ``import pipeline.data.synthetic`` (the prepare
 stage and its rendering processes) does not import torch.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 # exported name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
+    "check_prepared_splits": ("pipeline.data.checks", "check_prepared_splits"),
     "COCO_ARCHIVES": ("pipeline.data.coco_source", "COCO_ARCHIVES"),
     "check_coco_tree": ("pipeline.data.coco_source", "check_coco_tree"),
     "download_coco": ("pipeline.data.coco_source", "download_coco"),
@@ -26,7 +28,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CocoDetectionDataset": ("pipeline.data.dataset", "CocoDetectionDataset"),
     "build_dataset": ("pipeline.data.dataset", "build_dataset"),
     "decode_segmentation": ("pipeline.data.dataset", "decode_segmentation"),
-    "load_coco_json": ("pipeline.data.dataset", "load_coco_json"),
+    "load_coco_json": ("pipeline.data.checks", "load_coco_json"),
     "SPLIT_NAMES": ("pipeline.data.manifest", "SPLIT_NAMES"),
     "Manifest": ("pipeline.data.manifest", "Manifest"),
     "SplitInfo": ("pipeline.data.manifest", "SplitInfo"),
@@ -59,6 +61,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from pipeline.data.checks import check_prepared_splits, load_coco_json
     from pipeline.data.coco_source import (
         COCO_ARCHIVES,
         check_coco_tree,
@@ -68,8 +71,8 @@ if TYPE_CHECKING:
         prepare_coco,
     )
     from pipeline.data.collate import collate_detection
+    from pipeline.data.dataset import CocoDetectionDataset, build_dataset, decode_segmentation
     from pipeline.data.files_source import files_splits
-    from pipeline.data.dataset import CocoDetectionDataset, build_dataset, decode_segmentation, load_coco_json
     from pipeline.data.manifest import SPLIT_NAMES, Manifest, SplitInfo, load_manifest, write_manifest
     from pipeline.data.samplers import GroupedBatchSampler, InferenceSampler
     from pipeline.data.synthetic import CATEGORIES as SYNTHETIC_CATEGORIES

@@ -2,16 +2,23 @@
 
 Labels are contiguous: ``cat_ids = sorted(category ids)`` and label ``i`` is category
 ``cat_ids[i]`` (COCO's ids 1..90 with gaps become 0..79). Annotations are validated once,
-when the dataset is built: an unknown category or image id, a malformed JSON file or a
-record without its required keys raises :class:`DataError` naming the file and the record;
-a box with zero or negative width or height (or lying outside its image) is skipped with a
-warning naming the file and the annotation. ``iscrowd`` annotations become ignore regions.
+when the dataset is built (:func:`pipeline.data.checks.load_coco_json`): an unknown category or
+image id, a duplicate image, annotation or category id, an empty category list, two categories
+with the same name, a malformed JSON file or a record without its required keys raises
+:class:`DataError` naming the file and the record; a box with zero or negative width or height
+(or lying outside its image) is skipped with a warning naming the file and the annotation.
+``iscrowd`` annotations become ignore regions. An image file that is missing, undecodable or of
+another size than its record is a DataError naming the image file, the image id and the
+annotation file when the sample is read.
+
+Which images are kept (as the COCO tools keep them; see :mod:`pipeline.data.checks`):
+evaluation datasets (``build_dataset(train=False)``) keep every listed image, including images
+without annotations and crowd-only images; the training dataset (``build_dataset(train=True)``,
+``filter_empty_gt=True``) keeps only images with at least one usable non-crowd box, and a train
+split left without any image is a DataError naming the file.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 
-from pipeline.data.coco_source import load_json_file
-from pipeline.data.images import MAX_IMAGE_PIXELS, decode_rgb, file_name_problem
+from pipeline.data.checks import is_coco_id as _is_id
+from pipeline.data.checks import is_finite_number as _finite
+from pipeline.data.checks import load_coco_json, no_training_image_error, usable_box
+from pipeline.data.images import decode_rgb
 from pipeline.data.manifest import SplitInfo
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD, DetectionTransforms
 from pipeline.errors import ConfigError, DataError, short_repr
 
-_IMAGE_KEYS = ("id", "file_name", "height", "width")
-_ANN_KEYS = ("id", "image_id", "category_id", "bbox")
+__all__ = ["CocoDetectionDataset", "build_dataset", "decode_segmentation", "load_coco_json"]
 
 
 @dataclass
@@ -40,21 +47,6 @@ class _ImageTargets:
     labels: np.ndarray  # int64 [N]
     ann_ids: list[int]  # [N] annotation ids (for masks)
     ignore_boxes: np.ndarray  # float32 [M, 4] xyxy, iscrowd regions
-
-
-def _finite(value: Any) -> bool:
-    """Whether ``value`` is a JSON number (not a bool) whose float is finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an int beyond the float range
-        return False
-
-
-def _is_id(value: Any) -> bool:
-    """Whether ``value`` is a usable COCO id: an int (not a bool) within int64."""
-    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < (1 << 63)
 
 
 def _rle_counts(counts: str) -> list[int]:
@@ -134,99 +126,6 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
         return np.asarray(mask_utils.decode(rle), dtype=np.uint8)
 
 
-def _require_keys(records: Any, keys: tuple[str, ...], what: str, ann_file: Path) -> None:
-    if not isinstance(records, list):
-        raise DataError(f"{ann_file}: '{what}s' must be a list, got {type(records).__name__}")
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise DataError(f"{ann_file}: {what} #{i} is not an object")
-        absent = [k for k in keys if k not in rec]
-        if absent:
-            ident = f"{what} id {short_repr(rec['id'])}" if "id" in rec else f"{what} #{i}"
-            raise DataError(f"{ann_file}: {ident} lacks required key(s) {absent}")
-
-
-def _check_image_record(img: dict[str, Any], i: int, ann_file: Path) -> None:
-    """Refuse an image record whose id, file_name, width or height is unusable, naming it."""
-    if not _is_id(img["id"]):
-        raise DataError(f"{ann_file}: image #{i} has id {short_repr(img['id'])}; need an integer")
-    problem = file_name_problem(img["file_name"])
-    if problem:
-        raise DataError(f"{ann_file}: image id {img['id']} has file_name {short_repr(img['file_name'])}: {problem}")
-    w, h = img["width"], img["height"]
-    if not (_is_id(w) and _is_id(h) and w >= 1 and h >= 1 and w * h <= MAX_IMAGE_PIXELS):
-        raise DataError(f"{ann_file}: image id {img['id']} has width {short_repr(w)} and height {short_repr(h)}; need "
-                        f"positive integers of at most {MAX_IMAGE_PIXELS} pixels together")
-
-
-def load_coco_json(ann_file: Path) -> COCO:
-    """Parse and validate a COCO annotation file into a pycocotools ``COCO`` index.
-
-    Requires ``images`` and ``categories`` (``annotations`` may be absent, as in the test-dev
-    image-info file); every image needs id, file_name, height, width; every annotation id,
-    image_id, category_id and a 4-number bbox, and must reference a known image and category.
-    """
-    ann_file = Path(ann_file)
-    data = load_json_file(ann_file)
-    if not isinstance(data, dict):
-        raise DataError(f"{ann_file}: expected a JSON object at the top level, got {type(data).__name__}")
-    absent = [k for k in ("images", "categories") if k not in data]
-    if absent:
-        raise DataError(f"{ann_file}: missing required key(s) {absent}")
-    _require_keys(data["images"], _IMAGE_KEYS, "image", ann_file)
-    _require_keys(data["categories"], ("id", "name"), "category", ann_file)
-    if not data["categories"]:
-        raise DataError(f"{ann_file}: 'categories' is empty")
-    anns = data.get("annotations", [])
-    _require_keys(anns, _ANN_KEYS, "annotation", ann_file)
-
-    image_ids: set[int] = set()
-    for i, img in enumerate(data["images"]):
-        _check_image_record(img, i, ann_file)
-        if img["id"] in image_ids:
-            raise DataError(f"{ann_file}: duplicate image id {img['id']}")
-        image_ids.add(img["id"])
-    cat_ids: set[int] = set()
-    for i, c in enumerate(data["categories"]):
-        if not _is_id(c["id"]):
-            raise DataError(f"{ann_file}: category #{i} has id {short_repr(c['id'])}; need an integer")
-        if not isinstance(c["name"], str):
-            raise DataError(f"{ann_file}: category id {c['id']} has name {short_repr(c['name'])}; need a string")
-        if c["id"] in cat_ids:
-            raise DataError(f"{ann_file}: duplicate category id {c['id']}")
-        cat_ids.add(c["id"])
-    ann_ids: set[int] = set()
-    for i, a in enumerate(anns):
-        for key in ("id", "image_id", "category_id"):
-            if not _is_id(a[key]):
-                ident = f"annotation id {a['id']}" if key != "id" else f"annotation #{i}"
-                raise DataError(f"{ann_file}: {ident} has {key} {short_repr(a[key])}; need an integer")
-        if a["id"] in ann_ids:
-            raise DataError(f"{ann_file}: duplicate annotation id {a['id']}")
-        ann_ids.add(a["id"])
-        if a["category_id"] not in cat_ids:
-            raise DataError(
-                f"{ann_file}: annotation id {a['id']} (image id {a['image_id']}) has unknown category id "
-                f"{a['category_id']} (known: {sorted(cat_ids)[:20]})"
-            )
-        if a["image_id"] not in image_ids:
-            raise DataError(f"{ann_file}: annotation id {a['id']} references unknown image id {a['image_id']}")
-        bbox = a["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
-            raise DataError(f"{ann_file}: annotation id {a['id']} has a malformed bbox {short_repr(bbox)} "
-                            f"(need [x, y, w, h], four finite numbers)")
-        if a.get("iscrowd", 0) not in (0, 1) or isinstance(a.get("iscrowd", 0), float):
-            raise DataError(f"{ann_file}: annotation id {a['id']} has iscrowd {short_repr(a.get('iscrowd'))}; need 0 or 1")
-        if "area" in a and not _finite(a["area"]):
-            raise DataError(f"{ann_file}: annotation id {a['id']} has area {short_repr(a['area'])}; need a finite number")
-
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
-        coco.createIndex()
-    return coco
-
-
 class CocoDetectionDataset(torch.utils.data.Dataset):
     """Images and targets of one COCO annotation file.
 
@@ -242,6 +141,12 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     * ``image_id`` int; ``orig_size`` (h0, w0); ``img_size`` (h, w) after resizing;
     * ``scale_factor`` FloatTensor [2] = (sx, sy) original -> resized; ``flipped`` bool.
 
+    ``filter_empty_gt`` (what :func:`build_dataset` sets for training, like mmdetection's option
+    of that name) keeps only the images with at least one usable non-crowd box (images without
+    annotations, with crowd regions only, or whose boxes are all skipped are left out;
+    :class:`DataError` naming the file if no image is left); without it every listed image is kept,
+    as COCO evaluation needs.
+
     All randomness of sample ``idx`` comes from ``np.random.default_rng([seed, epoch, idx])``,
     so it does not depend on the number of DataLoader workers and is reproduced after a
     resume; call :meth:`set_epoch` before each epoch (before the DataLoader's iterator is
@@ -255,6 +160,7 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         transforms: DetectionTransforms | None = None,
         with_masks: bool = False,
         seed: int = 0,
+        filter_empty_gt: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
         self.img_dir = Path(img_dir)
@@ -270,6 +176,13 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         self.ids: list[int] = sorted(self.coco.imgs)
         self.has_annotations = "annotations" in self.coco.dataset
         self._targets: list[_ImageTargets] = [self._build_targets(i) for i in self.ids]
+        self.filter_empty_gt = bool(filter_empty_gt)
+        if self.filter_empty_gt:
+            keep = [k for k, t in enumerate(self._targets) if len(t.labels)]
+            if not keep:
+                raise no_training_image_error(self.ann_file, len(self.ids))
+            self.ids = [self.ids[k] for k in keep]
+            self._targets = [self._targets[k] for k in keep]
 
     @property
     def num_classes(self) -> int:
@@ -293,27 +206,15 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         w_img, h_img = float(info["width"]), float(info["height"])
         boxes, labels, ann_ids, ignore = [], [], [], []
         for a in self.coco.imgToAnns.get(image_id, []):
-            x, y, w, h = (float(v) for v in a["bbox"])
-            if w <= 0 or h <= 0:
-                warnings.warn(
-                    f"{self.ann_file}: annotation id {a['id']} (image id {image_id}) has a box with zero or "
-                    f"negative width/height {a['bbox']}; skipped",
-                    stacklevel=2,
-                )
-                continue
-            x1, y1 = min(max(x, 0.0), w_img), min(max(y, 0.0), h_img)
-            x2, y2 = min(max(x + w, 0.0), w_img), min(max(y + h, 0.0), h_img)
-            if x2 <= x1 or y2 <= y1:
-                warnings.warn(
-                    f"{self.ann_file}: annotation id {a['id']} (image id {image_id}) has a box {a['bbox']} outside "
-                    f"its {int(w_img)}x{int(h_img)} image; skipped",
-                    stacklevel=2,
-                )
+            box, problem = usable_box(a["bbox"], w_img, h_img)
+            if box is None:
+                warnings.warn(f"{self.ann_file}: annotation id {a['id']} (image id {image_id}) {problem}; skipped",
+                              stacklevel=2)
                 continue
             if a.get("iscrowd", 0):
-                ignore.append([x1, y1, x2, y2])
+                ignore.append(box)
             else:
-                boxes.append([x1, y1, x2, y2])
+                boxes.append(box)
                 labels.append(self.cat_id_to_label[a["category_id"]])
                 ann_ids.append(a["id"])
         return _ImageTargets(
@@ -383,7 +284,8 @@ def build_dataset(split: SplitInfo, data_cfg: dict[str, Any], train: bool, seed:
     ``flip_ratio`` (0.5), ``mean``/``std`` (ImageNet, RGB 0..255), ``with_masks`` (False),
     ``size_divisor`` (used by the collate function, not here). Test datasets use
     ``test_scale``, never flip and never decode masks (evaluation reads the annotation
-    file directly).
+    file directly). Training datasets keep only the images with a usable non-crowd box
+    (``filter_empty_gt``); test datasets keep every image, as COCO evaluation does.
     """
     key = "train_scales" if train else "test_scale"
     if key not in data_cfg:
@@ -412,4 +314,5 @@ def build_dataset(split: SplitInfo, data_cfg: dict[str, Any], train: bool, seed:
         transforms=transforms,
         with_masks=bool(data_cfg.get("with_masks", False)) and train,
         seed=seed,
+        filter_empty_gt=train,
     )
