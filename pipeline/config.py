@@ -10,6 +10,7 @@ deep-merged on top::
         preset: faster_rcnn_r50_fpn_1x
         scale: cpu
         overrides: {schedule: {epochs: 4}}
+        init_from: weights/coco_model.pth   # optional: fine-tune from another run's weights
 
 The resolved configuration has four sections: ``model`` (constructor arguments of the
 detector), ``data`` (train/test image scales, flip, normalisation), ``schedule`` (SGD,
@@ -237,6 +238,7 @@ def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     overrides = entry.get("overrides")
     if overrides is not None and not isinstance(overrides, dict):
         raise ConfigError(f"{where}.overrides must be a mapping, got {type(overrides).__name__}")
+    check_entry_keys(entry, where)
     check_overrides(preset["scales"][scale], overrides or {}, f"{where}.overrides")
     check_code_fields(section, name, entry, preset["detector"])
     cfg = deep_merge(preset["scales"][scale], overrides)
@@ -244,6 +246,43 @@ def resolve_model_config(params: dict[str, Any], name: str) -> dict[str, Any]:
     cfg["scale"] = scale
     cfg["detector"] = preset["detector"]
     return cfg
+
+
+#: The keys of a run entry (under ``models`` or ``ablations``): the preset, its scale, the overrides
+#: deep-merged on top, the code folders its stages depend on (``family``, ``base``;
+#: :func:`check_code_fields`) and ``init_from``, the weights file a fine-tuning run starts from
+#: (:func:`init_from_setting`). Any other key is refused (a misspelt ``init_from`` would silently
+#: train from scratch).
+ENTRY_KEYS = ("preset", "scale", "overrides", "family", "base", "init_from")
+
+
+def check_entry_keys(entry: dict[str, Any], where: str) -> None:
+    """Refuse a key of a run entry that is not one of :data:`ENTRY_KEYS`, and an ``init_from``
+    that is neither null nor a non-empty string; ``where`` (``params.yaml: models.m``) starts the
+    :class:`ConfigError` message."""
+    for key in entry:
+        if key not in ENTRY_KEYS:
+            raise ConfigError(f"{where}: unknown key {short_repr(key)} (an entry has: {', '.join(ENTRY_KEYS)})")
+    value = entry.get("init_from")
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{where}.init_from = {short_repr(value)}: expected the path of a weights file "
+                          f"(weights/<run>.pth, relative to the workspace root, or absolute), or null for none")
+
+
+def init_from_setting(params: dict[str, Any], name: str) -> str | None:
+    """The ``init_from`` of entry (or run id) ``name``: the weights file, as written in params.yaml,
+    that a fresh training of the run starts from (:mod:`pipeline.finetune`), or None (absent or
+    null: the model's own initialisation). Raises :class:`ConfigError` as :func:`check_entry_keys`."""
+    if not any(name in section_entries(params, s) for s in RUN_SECTIONS):  # a run id: its entry's
+        name = split_run_id(name)[0]
+    section = run_section(params, name)
+    entry = params[section][name] or {}
+    if not isinstance(entry, dict):
+        raise ConfigError(f"params.yaml: {section}.{name} must be a mapping with preset, scale and overrides, "
+                          f"got {type(entry).__name__}")
+    check_entry_keys(entry, f"params.yaml: {section}.{name}")
+    value = entry.get("init_from")
+    return None if value is None else str(value)
 
 
 def _kind(value: Any) -> str:

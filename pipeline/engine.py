@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.checkpoint import CheckpointManager, atomic_write_text, config_fingerprint, rng_state, set_rng_state
+from pipeline.errors import DataError
 from pipeline.tracking import Tracker
 
 
@@ -239,6 +240,36 @@ def lr_scaling(schedule: dict[str, Any], preset_schedule: dict[str, Any], world_
     return LrScaling(enabled, preset_batch, actual_batch, base_lr, lr)
 
 
+def check_target_labels(targets: list[dict[str, Any]], num_classes: int, source: str = "the training set") -> None:
+    """Refuse a batch whose ``labels`` fall outside ``0 .. num_classes - 1`` (the classes the model
+    was built with) before it reaches the model, where it would be an index error, a CUDA
+    device-side assert or a NaN loss deep inside a head.
+
+    Raises:
+        DataError: naming ``source`` (the annotation file), the image id of the target and, when the
+            target carries ``ann_ids`` (one per label), the annotation id of the first bad label.
+    """
+    for i, t in enumerate(targets):
+        labels = t.get("labels")
+        if labels is None:
+            continue
+        flat = torch.as_tensor(labels).reshape(-1)
+        if flat.numel() == 0:
+            continue
+        bad = ((flat < 0) | (flat >= num_classes)).nonzero().reshape(-1)
+        if bad.numel() == 0:
+            continue
+        j = int(bad[0])
+        record = f"image id {t['image_id']}" if "image_id" in t else f"image {i} of the batch"
+        ann_ids = t.get("ann_ids")
+        if ann_ids is not None and len(ann_ids) == flat.numel():
+            record = f"annotation id {int(ann_ids[j])} ({record})"
+        raise DataError(
+            f"{source}: {record} has label {int(flat[j])}, outside 0..{num_classes - 1}: the model was built "
+            f"for {num_classes} classes (labels 0..{num_classes - 1} stand for the sorted category ids of the "
+            f"training set); {bad.numel()} of the image's {flat.numel()} labels are out of range")
+
+
 def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     return [
         {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
@@ -314,6 +345,13 @@ class Trainer:
             this, in the middle of an epoch (0: at epoch ends only). Results do not depend on it.
         stop_request: when set (by a signal handler), stop after the current iteration, save a
             checkpoint there and raise :class:`Preempted`.
+        num_classes: the classes the model was built with; every batch's labels must lie in
+            ``0 .. num_classes - 1`` (:func:`check_target_labels`). Default: the dataset's
+            ``num_classes`` where it has one (else no check).
+        init_weights: called with the model once at the start of a fresh training, before the
+            first iteration, and never when the training resumes from a checkpoint (the
+            checkpoint holds the weights): a fine-tuning run's start from another run's weights
+            (:mod:`pipeline.finetune`).
     """
 
     def __init__(
@@ -336,6 +374,8 @@ class Trainer:
         find_unused_parameters: bool = False,
         checkpoint_every: int = 0,
         stop_request: StopRequest | None = None,
+        num_classes: int | None = None,
+        init_weights: Callable[[torch.nn.Module], Any] | None = None,
     ) -> None:
         self.device = device
         self.dist = dist_info
@@ -378,6 +418,13 @@ class Trainer:
         self.checkpoint_every = int(checkpoint_every)
         self.stop_request = stop_request
         self.grad_clip = schedule.get("grad_clip")
+        if num_classes is None:
+            num_classes = getattr(dataset, "num_classes", None)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        ann_file = getattr(dataset, "ann_file", None)
+        self.data_source = str(ann_file) if ann_file is not None else "the training set"
+        self.init_weights = init_weights
+        self.resumed_from: str | None = None  # the checkpoint file a resume loaded
 
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
@@ -442,6 +489,7 @@ class Trainer:
             return 0
         state = self.checkpoints.load(record, map_location=self.device)
         self.model.load_state_dict(state["model"])
+        self.resumed_from = str(self.checkpoints.directory / record["file"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -483,6 +531,8 @@ class Trainer:
         )
 
     def _step(self, images, image_sizes, targets) -> dict[str, float]:
+        if self.num_classes is not None:
+            check_target_labels(targets, self.num_classes, self.data_source)
         images = images.to(self.device, non_blocking=True)
         targets = move_targets(targets, self.device)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype if self.amp else torch.float16,
@@ -533,6 +583,8 @@ class Trainer:
 
     def train(self) -> TrainResult:
         resumed = self.resume_if_possible()
+        if self.resumed_from is None and self.init_weights is not None:  # a fresh start, not a resume
+            self.init_weights(self.model)
         start_time = time.time()
         segment_start = start_time
         is_main = self.dist.is_main
@@ -654,6 +706,7 @@ __all__ = [
     "Trainer",
     "TrainResult",
     "WarmupStepSchedule",
+    "check_target_labels",
     "config_fingerprint",
     "lr_scaling",
     "resolve_device",

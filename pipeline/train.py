@@ -40,12 +40,20 @@ resumes from that checkpoint and continues the same MLflow run. Under torchrun e
 after the same iteration; the launching process forwards the signal to torchrun as SIGTERM,
 which passes it on to the ranks.
 
+Fine-tuning: an entry's ``init_from`` (a weights file, e.g. ``weights/<other run>.pth``) starts a
+fresh training from that file's weights instead of the model's initialisation; tensors whose shape
+depends on the number of classes keep the fresh initialisation (:mod:`pipeline.finetune`). A resume
+continues from its checkpoint and does not apply it again; the file's sha256 is part of the run's
+fingerprint, so another file starts the run afresh.
+
 Exit status: 0 trained (or already trained), 75 preempted (run again to resume), 1 an error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import tempfile
 import signal
 import sys
 import threading
@@ -57,11 +65,13 @@ import torch
 
 from pipeline import distributed
 from pipeline.checkpoint import CheckpointManager, atomic_torch_save, config_fingerprint, file_digest
-from pipeline.config import load_params, resolve_model_config, run_id, training_seed
+from pipeline.config import (init_from_setting, load_params, resolve_model_config, run_id, run_section,
+                             training_seed)
 from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest
 from pipeline.logged_model import log_and_register
 from pipeline.engine import (EXIT_PREEMPTED, Preempted, StopRequest, Trainer, lr_scaling, resolve_device,
                              seed_everything, write_history_csv, write_json)
+from pipeline.finetune import InitSource, apply_init_weights, resolve_init_from
 from pipeline.paths import CHECKPOINT_DIR, MANIFEST_FILE, METRICS_DIR, PARAMS_FILE, WEIGHTS_DIR, weights_file
 from pipeline.tracking import Tracker, TrackingStoreError, prepared_data_digest
 from pipeline.weights_io import DIGEST_KEY, tensor_digest
@@ -206,7 +216,8 @@ def category_names(dataset) -> list[str]:
 
 
 def final_weights(model_state: dict[str, torch.Tensor], cfg: dict[str, Any], cat_ids: list[int],
-                  names: list[str], iterations: int, fingerprint: str) -> dict[str, Any]:
+                  names: list[str], iterations: int, fingerprint: str,
+                  init_from: InitSource | None = None) -> dict[str, Any]:
     """The content of a final weights file ``weights/<run>.pth``.
 
     Tensors and plain containers only (it loads with ``torch.load(weights_only=True)``), no time
@@ -217,9 +228,12 @@ def final_weights(model_state: dict[str, torch.Tensor], cfg: dict[str, Any], cat
     * ``detector``, ``model_cfg`` (``config["model"]``), ``config`` (the resolved model
       configuration), ``num_classes``, ``cat_ids`` (the COCO id of each contiguous label),
       ``categories`` (``[{"id", "name"}]``), ``iteration`` (iterations trained), ``fingerprint``
-      (of the configuration, seed and data).
+      (of the configuration, seed and data);
+    * ``init_from`` (a fine-tuning run only: ``{"path": <init_from as params.yaml writes it>,
+      "sha256": <of the file>}``, the weights it started from; absent otherwise, so the files of
+      other runs are unchanged).
     """
-    return {
+    out = {
         "model": model_state,
         "detector": str(cfg["detector"]),
         "model_cfg": cfg["model"],
@@ -231,6 +245,18 @@ def final_weights(model_state: dict[str, torch.Tensor], cfg: dict[str, Any], cat
         "fingerprint": str(fingerprint),
         DIGEST_KEY: tensor_digest(model_state),
     }
+    if init_from is not None:
+        out["init_from"] = {"path": str(init_from.setting), "sha256": str(init_from.sha256)}
+    return out
+
+
+def init_from_source(params: dict[str, Any], model_name: str) -> InitSource | None:
+    """The weights file that entry ``model_name`` (of ``models`` or ``ablations``) names in its
+    ``init_from`` (found and hashed: :func:`pipeline.finetune.resolve_init_from`), or None."""
+    setting = init_from_setting(params, model_name)
+    if setting is None:
+        return None
+    return resolve_init_from(setting, f"params.yaml: {run_section(params, model_name)}.{model_name}.init_from")
 
 
 def run_training(
@@ -289,8 +315,11 @@ def run_training(
         return collate_detection(batch, size_divisor=size_divisor)
 
     model = build_model(cfg["detector"], cfg["model"], num_classes)
+    init_source = init_from_source(params, model_name)
     fingerprint = config_fingerprint(
-        {"cfg": cfg, "seed": seed, "data": file_digest(manifest_file), "world_size": dist_info.world_size}
+        {"cfg": cfg, "seed": seed, "data": file_digest(manifest_file), "world_size": dist_info.world_size,
+         # only when set: the fingerprints of other runs stay what they were
+         **({"init_from_sha256": init_source.sha256} if init_source is not None else {})}
     )
     ckpt = CheckpointManager(Path(checkpoint_root) / run, keep_last=int(runtime.get("keep_checkpoints", 3)))
     if not resume and dist_info.is_main:
@@ -324,6 +353,22 @@ def run_training(
                             str(manifest.split("train").ann_file), "train")
         tracker.log_params({"seed": seed, "runtime": runtime, "config": cfg, "num_classes": num_classes,
                             "world_size": dist_info.world_size, "lr_scaling": scaling.params()})
+        if init_source is not None:  # the run's starting point (DVC tracks the param, not the file)
+            tracker.log_params({"init_from": init_source.setting, "init_from_sha256": init_source.sha256})
+
+        def init_weights(module: torch.nn.Module) -> None:
+            """Fine-tuning, at a fresh start only (the Trainer never calls it on a resume)."""
+            report = apply_init_weights(module, init_source, cfg["detector"], cfg["model"], num_classes)
+            if not dist_info.is_main:
+                return
+            print(report.log_line(run), flush=True)
+            tracker.log_params({"init_from_loaded": len(report.loaded),
+                                "init_from_reinitialised": ", ".join(sorted(report.reinitialised)) or "none"})
+            if tracker.enabled:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "init_from.json"
+                    path.write_text(json.dumps(report.record(), indent=2) + "\n")
+                    tracker.log_artifact(path)
         trainer = Trainer(
             model=model,
             dataset=dataset,
@@ -343,6 +388,8 @@ def run_training(
             find_unused_parameters=bool(runtime.get("find_unused_parameters", False)),
             checkpoint_every=int(runtime.get("checkpoint_every", 0) or 0),
             stop_request=stop_request,
+            num_classes=num_classes,
+            init_weights=init_weights if init_source is not None else None,
         )
         if dist_info.is_main:
             print(
@@ -360,7 +407,7 @@ def run_training(
         metrics = result.metrics()
         if dist_info.is_main:
             final = final_weights(model.state_dict(), cfg, list(dataset.cat_ids), category_names(dataset),
-                                  result.iterations, fingerprint)
+                                  result.iterations, fingerprint, init_from=init_source)
             weights = weights_file(run, weights_root)
             atomic_torch_save(final, weights)
             tracker.set_tag("weights_sha256", file_digest(weights))
