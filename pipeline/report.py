@@ -269,7 +269,6 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         preset = any_row.get("preset")
         pub = PUBLISHED.get(preset, {})
         b = mv.get("bbox", {})
-        tb = td.get("bbox", {})
         measured = measured_on(mv, td)
         lines.append(
             f"| {model} | {preset} ({any_row.get('scale')}) "
