@@ -1,6 +1,6 @@
 """DVC stage ``report``: the results tables, regenerated from MLflow.
 
-    python -m pipeline.report
+    python -m pipeline.report [--models NAME ...]
 
 For every run in ``params.yaml`` (the ``models``, then the ``ablations``, each once per seed of
 ``ablation_seeds`` as ``<name>_seed<k>``; :func:`pipeline.config.runs`) it takes the newest FINISHED MLflow evaluate run per
@@ -25,6 +25,10 @@ other tables.
 Figures go to ``reports/figures/``: per model the minival precision-recall curves, the
 training curves and a grid of minival predictions drawn over the images with the ground
 truth; the README shows the first model's curves and predictions.
+
+``--models`` restricts the report to some entries of ``models`` / ``ablations`` (e.g. the one model
+trained on your own data with ``dvc exp run ... evaluate@<model>``); the DVC stage reports every
+run.
 
 Our numbers name the dataset they were measured on; published numbers stand in their own
 columns with their source.
@@ -893,12 +897,33 @@ def write_report(params: dict[str, Any], readme: Path = README_FILE, reports_dir
     return md
 
 
+def only_entries(params: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A copy of ``params`` whose ``models`` and ``ablations`` hold only the entries ``names``.
+    :class:`ReportError` for a name that is in neither section."""
+    out = dict(params)
+    known: set[str] = set()
+    for section in ("models", "ablations"):
+        entries = params.get(section) or {}
+        known |= set(entries)
+        out[section] = {k: v for k, v in entries.items() if k in names}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ReportError(f"--models: {', '.join(unknown)} not among the entries of 'models' or 'ablations' "
+                          f"(have: {', '.join(sorted(known))})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
+    parser.add_argument("--models", nargs="+", metavar="NAME", default=None,
+                        help="report only these entries of 'models' / 'ablations' (default: every run)")
     args = parser.parse_args(argv)
     try:
-        md = write_report(load_params(args.params))
+        params = load_params(args.params)
+        if args.models:
+            params = only_entries(params, args.models)
+        md = write_report(params)
     except (ReportError, TrackingStoreError) as e:
         raise SystemExit(f"[report] {e}") from e
     print(md)

@@ -576,3 +576,14 @@ def test_the_papers_tables_show_a_skipped_test_dev_split():
     cpm = [dict(r, model="cpm", preset="cpm_rcnn_r50_fpn") for r in rows]
     line = next(l for l in cpm_testdev_table(cpm).splitlines() if l.startswith("| R-50-FPN |"))
     assert cells(line)[2:7] == ["skipped (no test-dev split)", "–", "–", "cpm (cpu)", "my-dataset (no test-dev split)"]
+
+
+def test_only_entries_keeps_the_named_runs_and_names_an_unknown_one():
+    from pipeline.report import ReportError, only_entries
+
+    params = {"models": {"a": {"preset": "p"}, "b": {"preset": "q"}}, "ablations": {"c": {"preset": "p"}}, "seed": 0}
+    assert only_entries(params, ["b"]) == {"models": {"b": {"preset": "q"}}, "ablations": {}, "seed": 0}
+    assert only_entries(params, ["c", "a"])["ablations"] == {"c": {"preset": "p"}}
+    assert params["models"] == {"a": {"preset": "p"}, "b": {"preset": "q"}}  # the caller's params untouched
+    with pytest.raises(ReportError, match=r"--models: zz not among the entries of 'models' or 'ablations' \(have: a, b, c\)"):
+        only_entries(params, ["zz"])
