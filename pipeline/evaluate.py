@@ -78,7 +78,7 @@ from pipeline import distributed
 from pipeline.config import load_params, run_id, split_run_id, training_seed
 from pipeline.data import build_dataset, collate_detection, load_manifest
 from pipeline.engine import resolve_device, write_json
-from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv
+from pipeline.figures import plot_pr_curves, pr_curves, write_curves_csv, zero_pr_curves
 from pipeline.evaluation import (
     DEFAULT_ENGINE,
     check_engine,
@@ -571,14 +571,13 @@ def evaluate_model(
             for iou_type, (stats, ev, text) in scored.items():
                 metrics[iou_type] = {k: round(v, 6) for k, v in stats.items()}
                 print(f"[evaluate] {model_name} {split_name} {iou_type}:\n{text}", flush=True)
-                if ev is not None:
-                    curves = pr_curves(ev)
-                    csv_path = pr_curve_file(Path(metrics_root), model_name, split_name, iou_type)
-                    png_path = results_dir / f"pr_{split_name}_{iou_type}.png"
-                    write_curves_csv(curves, csv_path)
-                    plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
-                                                     f"{dataset_description(manifest, split_name, len(dataset))}")
-                    files += [csv_path, png_path]
+                curves = pr_curves(ev) if ev is not None else zero_pr_curves()  # None: no detection at all
+                csv_path = pr_curve_file(Path(metrics_root), model_name, split_name, iou_type)
+                png_path = results_dir / f"pr_{split_name}_{iou_type}.png"
+                write_curves_csv(curves, csv_path)
+                plot_pr_curves(curves, png_path, f"{model_name}: {iou_type} precision-recall, "
+                                                 f"{dataset_description(manifest, split_name, len(dataset))}")
+                files += [csv_path, png_path]
             if variants and split_name in VARIANT_SPLITS:
                 for variant in variants:
                     variant_metrics, v_sec = evaluate_variant(

@@ -41,6 +41,19 @@ def pr_curves(ev) -> dict[str, np.ndarray]:
     return out
 
 
+def zero_pr_curves() -> dict[str, np.ndarray]:
+    """The curves of a split with no detection at all (COCOeval has nothing to accumulate):
+    precision 0 at COCO's 101 recall points for every IoU threshold, in the layout of
+    :func:`pr_curves`. The evaluate stage writes them so that ``metrics/<run>/pr`` exists (a DVC
+    output) and the overlay plots show the run at zero."""
+    recall = np.linspace(0.0, 1.0, 101)
+    out: dict[str, np.ndarray] = {"recall": recall}
+    for iou in IOU_THRESHOLDS:
+        out[f"iou={iou:.2f}"] = np.zeros_like(recall)
+    out["mean"] = np.zeros_like(recall)
+    return out
+
+
 def write_curves_csv(curves: dict[str, np.ndarray], path: Path) -> None:
     """One row per recall point, one column per curve (``dvc plots`` reads it)."""
     keys = list(curves)

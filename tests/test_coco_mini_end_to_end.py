@@ -54,3 +54,30 @@ def test_coco_mini_trains_evaluates_and_writes_result_files(tmp_path):
     with zipfile.ZipFile(sub) as zf:
         assert json.loads(zf.read(zf.namelist()[0])) == json.loads(
             (tmp_path / "results" / TINY_MODEL / "test-dev_bbox.json").read_text())
+
+
+def test_a_model_without_any_detection_still_writes_its_pr_curves(tmp_path):
+    """No detection at all (COCOeval accumulates nothing): every metric 0 and zero precision-recall
+    curves, so that the stage's output metrics/<run>/pr exists as DVC requires."""
+    from pipeline.figures import read_curves_csv
+
+    ann = COCO_MINI / "annotations"
+    manifest = tmp_path / "manifest.json"
+    write_manifest(manifest, "coco", {
+        "train": SplitInfo("train", ann / "instances_train2017.json", COCO_MINI / "train2017", True),
+        "minival": SplitInfo("minival", ann / "instances_val2017.json", COCO_MINI / "val2017", True),
+    })
+    params = tiny_params()
+    params["evaluate"]["splits"] = ["minival"]
+    overrides = params["models"][TINY_MODEL]["overrides"]
+    overrides["schedule"].update({"epochs": 1, "images_per_gpu": 3})
+    overrides["model"] = {"roi_head": {"test": {"score_thr": 1.5}}}  # no score reaches it
+    run_training(TINY_MODEL, params, manifest_file=manifest, checkpoint_root=tmp_path / "w", weights_root=tmp_path / "w",
+                 metrics_root=tmp_path / "metrics", track=False)
+    out = evaluate_model(TINY_MODEL, params, manifest_file=manifest, weights_root=tmp_path / "w",
+                         metrics_root=tmp_path / "metrics", results_root=tmp_path / "results", track=False)
+    assert out["minival"]["num_detections"] == 0 and set(out["minival"]["bbox"].values()) == {0.0}
+    curves = read_curves_csv(tmp_path / "metrics" / TINY_MODEL / "pr" / "minival_bbox.csv")
+    assert len(curves["recall"]) == 101 and curves["recall"][-1] == 1.0
+    assert all(not v.any() for k, v in curves.items() if k != "recall")
+    assert (tmp_path / "results" / TINY_MODEL / "pr_minival_bbox.png").stat().st_size > 1000
