@@ -96,10 +96,13 @@ def test_a_label_outside_the_models_classes_is_a_data_error_naming_the_image(man
 
     real_build = train_module.build_dataset
 
+    bad_annotation = []
+
     def build_with_a_bad_label(*args, **kwargs):
         dataset = real_build(*args, **kwargs)
         index = dataset.ids.index(103)
         dataset._targets[index].labels[0] = 3  # three classes: labels 0..2
+        bad_annotation.append(dataset._targets[index].ann_ids[0])
         return dataset
 
     monkeypatch.setattr(train_module, "build_dataset", build_with_a_bad_label)
@@ -117,7 +120,8 @@ def test_a_label_outside_the_models_classes_is_a_data_error_naming_the_image(man
         run_training(name, params, manifest_file=manifests[3], checkpoint_root=tmp_path / "ckpt",
                      weights_root=tmp_path / "weights", metrics_root=tmp_path / "metrics", track=False)
     message = str(e.value)
-    assert "annotations.json" in message and "image id 103" in message and "label 3, outside 0..2" in message
+    assert "annotations.json" in message and "label 3, outside 0..2" in message
+    assert f"annotation id {bad_annotation[0]} (image id 103)" in message  # the dataset's targets carry ann_ids
     assert all(103 not in ids for ids in called)  # the bad batch never reached the model
     assert not (tmp_path / "weights" / f"{name}.pth").exists()
 

@@ -135,6 +135,7 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     * ``boxes`` FloatTensor [N, 4]: xyxy pixels in the transformed image
       (COCO ``[x, y, w, h]`` -> ``x, y, x + w, y + h``, no +1);
     * ``labels`` LongTensor [N] in 0..C-1;
+    * ``ann_ids`` LongTensor [N]: the annotation id of each box (errors name the record);
     * ``ignore_boxes`` FloatTensor [M, 4]: iscrowd regions, same coordinates;
     * ``masks`` UInt8Tensor [N, H, W] (only with ``with_masks``): decoded at the original size,
       then resized (nearest) and flipped with the image;
@@ -266,6 +267,7 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         target: dict[str, Any] = {
             "boxes": t.boxes,
             "labels": torch.from_numpy(t.labels.copy()),
+            "ann_ids": torch.tensor(t.ann_ids, dtype=torch.int64),
             "ignore_boxes": t.ignore_boxes,
             "image_id": int(self.ids[idx]),
             "orig_size": (h0, w0),
