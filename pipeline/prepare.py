@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import shutil
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 
 from pipeline.config import load_params
 from pipeline.data.coco_source import COCO_ARCHIVES, load_json_file, missing_test_dev_items, prepare_coco
-from pipeline.data.checks import check_prepared_splits
+from pipeline.data.checks import check_prepared_splits, is_finite_number
 from pipeline.data.files_source import files_splits
 from pipeline.data.manifest import SPLIT_NAMES, Manifest, SplitInfo, load_manifest, write_manifest
 from pipeline.data.synthetic import SPLITS, TEST_DEV_INFO_FILE, area_range, generate_synthetic_coco
@@ -47,16 +46,6 @@ from pipeline.paths import PARAMS_FILE, PREPARED_DIR, workspace_root
 MANIFEST_NAME = "manifest.json"
 #: The values of ``data.source``.
 SOURCES: tuple[str, ...] = ("synthetic", "coco", "files")
-
-
-def _finite_number(value: Any) -> bool:
-    """Whether ``value`` is a JSON number (not a bool) whose float is finite."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an int beyond the float range
-        return False
 
 
 def _file_sha256(path: Path) -> str:
@@ -91,7 +80,7 @@ def summarize_split(split: SplitInfo) -> dict[str, Any]:
         if not isinstance(a, dict):
             raise DataError(f"{split.ann_file}: annotation #{i} is not an object")
         area = a.get("area", 0.0)
-        if not _finite_number(area):
+        if not is_finite_number(area):
             raise DataError(f"{split.ann_file}: annotation {short_repr(a.get('id', f'#{i}'))} has area "
                             f"{short_repr(area)}; need a finite number")
         if a.get("iscrowd", 0):

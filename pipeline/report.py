@@ -178,42 +178,29 @@ def collect(params: dict[str, Any], metrics_root: Path = METRICS_DIR,
             if not path.exists():
                 raise ReportError(f"{path}: missing; run `dvc repro evaluate@{model_name}` first")
             file_metrics = json.loads(path.read_text())
+            # what every record of this run and split says, skipped or scored
+            run_fields = {"model": model_name, "preset": entry.get("preset"), "split": split, "section": section,
+                          "entry": run.entry, "seed": seed, "config": config_digest,
+                          **({"modules": modules} if modules is not None else {})}
             if file_metrics.get("skipped"):
-                record = {
-                    "model": model_name,
-                    "preset": entry.get("preset"),
+                rows.append({
+                    **run_fields,
                     "scale": entry.get("scale"),
-                    "split": split,
                     "dataset": file_metrics.get("dataset", f"no {split} split"),
                     "scored": False,
                     "skipped": True,
                     "reason": file_metrics.get("reason", ""),
                     "run_id": None,
-                    "section": section,
-                    "entry": run.entry,
-                    "seed": seed,
-                    "config": config_digest,
-                }
-                if modules is not None:
-                    record["modules"] = modules
-                rows.append(record)
+                })
                 continue
             found = newest_run_or_fail(c, model_name, split, digest)
             record = {
-                "model": model_name,
-                "preset": entry.get("preset"),
+                **run_fields,
                 "scale": found.data.tags.get("scale", entry.get("scale")),
-                "split": split,
                 "dataset": found.data.tags.get("dataset", file_metrics.get("dataset")),
                 "scored": file_metrics.get("scored", False),
                 "run_id": found.info.run_id,
-                "section": section,
-                "entry": run.entry,
-                "seed": seed,
-                "config": config_digest,
             }
-            if modules is not None:
-                record["modules"] = modules
             record.update(checked_stats(found, file_metrics, path, model_name, split))
             for name, v_metrics in (file_metrics.get("variants") or {}).items():
                 v_split = variant_split(split, name)

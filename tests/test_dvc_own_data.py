@@ -8,14 +8,13 @@ on. The images and annotations are COCO's (tests/data/coco_mini/README.md: CC BY
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import COCO_MINI, REPO, TINY_MODEL, tiny_params, write_params
-from tests.test_dvc_pipeline import DVC, commit, out, ran, repo_files, run
+from tests.conftest import COCO_MINI, TINY_MODEL, tiny_params
+from tests.test_dvc_pipeline import DVC, out, ran, repro_in_copy, run
 
 pytestmark = pytest.mark.slow
 
@@ -34,22 +33,13 @@ def result_category_ids(repo: Path) -> set[int]:
 def workspace(tmp_path_factory) -> tuple[Path, str]:
     """A git repository with the project's files, tiny params on coco_mini and one `dvc repro`."""
     dst = tmp_path_factory.mktemp("own") / "detlab"
-    for f in repo_files():
-        target = dst / f
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, target)
     params = tiny_params()
     params["data"]["source"] = "coco"
     params["data"]["coco"]["root"] = "tests/data/coco_mini"  # relative to the workspace, as a user writes it
     overrides = params["models"][TINY_MODEL]["overrides"]
     overrides["schedule"].update({"epochs": 1, "images_per_gpu": 3})
     overrides["model"] = {"roi_head": {"test": {"score_thr": 0.0}}}  # an untrained model still answers
-    write_params(params, dst / "params.yaml")
-    run(["git", "init", "-q"], dst)
-    commit(dst, "coco_mini")
-    log = out([*DVC, "repro"], dst)
-    commit(dst, "repro")
-    return dst, log
+    return dst, repro_in_copy(dst, params)
 
 
 def test_real_coco_files_run_through_every_stage_and_keep_coco_ids(workspace):

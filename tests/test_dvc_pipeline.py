@@ -120,16 +120,22 @@ def parent_of_runs(repo: Path) -> dict[str, str]:
 def workspace(tmp_path_factory) -> tuple[Path, str]:
     """A git repository with the project's files, the tiny params and one `dvc repro`, committed."""
     dst = tmp_path_factory.mktemp("repo") / "detlab"
+    return dst, repro_in_copy(dst, tiny_params())
+
+
+def repro_in_copy(dst: Path, params: dict) -> str:
+    """Copy the project's files to ``dst`` with ``params`` as params.yaml, make it a git repository,
+    run `dvc repro` and commit the result; returns the repro's output."""
     for f in repo_files():
         target = dst / f
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, target)
-    write_params(tiny_params(), dst / "params.yaml")
+    write_params(params, dst / "params.yaml")
     run(["git", "init", "-q"], dst)
-    commit(dst, "tiny")
+    commit(dst, "params")
     log = out([*DVC, "repro"], dst)
     commit(dst, "repro")
-    return dst, log
+    return log
 
 
 def test_repro_runs_every_stage_and_caches_what_it_shares(workspace):

@@ -43,6 +43,14 @@ def _empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+def refuse_unknown_keys(mapping: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    """:class:`ConfigError` naming ``params.yaml: <where>`` and the keys of ``mapping`` not in ``allowed``."""
+    unknown = [k for k in mapping if k not in allowed]
+    if unknown:
+        raise ConfigError(f"params.yaml: {where} has unknown key(s) {', '.join(short_repr(k) for k in unknown)} "
+                          f"(expected {', '.join(allowed)})")
+
+
 def split_paths(cfg: Any, split: str, base: Path) -> tuple[Path, Path] | None:
     """``(ann_file, img_dir)`` of ``data.files.<split>``, resolved against ``base`` where relative;
     None when the split is not given (``null``, or both paths empty). :class:`ConfigError` naming
@@ -55,10 +63,7 @@ def split_paths(cfg: Any, split: str, base: Path) -> tuple[Path, Path] | None:
     if not isinstance(entry, dict):
         raise ConfigError(f"params.yaml: {where} must be a mapping {{ann_file: <COCO annotation JSON>, "
                           f"img_dir: <image folder>}}, got {short_repr(entry)}")
-    unknown = [k for k in entry if k not in SPLIT_KEYS]
-    if unknown:
-        raise ConfigError(f"params.yaml: {where} has unknown key(s) {', '.join(short_repr(k) for k in unknown)} "
-                          f"(expected {', '.join(SPLIT_KEYS)})")
+    refuse_unknown_keys(entry, SPLIT_KEYS, where)
     values = {k: entry.get(k) for k in SPLIT_KEYS}
     for k, v in values.items():
         if v is not None and not isinstance(v, str):
@@ -138,10 +143,7 @@ def files_splits(cfg: Any, base: Path) -> tuple[str, list[SplitInfo]]:
     if not isinstance(cfg, dict):
         raise ConfigError(f"params.yaml: data.files must be a mapping {{name, train, minival, test-dev}} for "
                           f"data.source: files, got {short_repr(cfg)}")
-    unknown = [k for k in cfg if k not in FILES_KEYS]
-    if unknown:
-        raise ConfigError(f"params.yaml: data.files has unknown key(s) {', '.join(short_repr(k) for k in unknown)} "
-                          f"(expected {', '.join(FILES_KEYS)})")
+    refuse_unknown_keys(cfg, FILES_KEYS, "data.files")
     paths = {split: split_paths(cfg, split, Path(base)) for split in FILES_SPLITS}
     for split in REQUIRED_SPLITS:
         if paths[split] is None:
