@@ -443,11 +443,12 @@ def main(argv: list[str] | None = None) -> None:
     maybe_relaunch_with_torchrun(params.get("train") or {}, run_id(args.model, args.seed), argv)
     try:
         metrics, _ = run_training(args.model, params, resume=not args.no_resume, seed=args.seed)
+        is_main = distributed.current().is_main  # read before cleanup, after which every rank looks like rank 0
     except TrackingStoreError as e:
         raise SystemExit(f"[train] {e}") from e
     finally:
         distributed.cleanup()
-    if distributed.current().is_main:
+    if is_main:
         print(f"[train] done: {metrics}", flush=True)
 
 
