@@ -9,7 +9,7 @@ from pipeline.config import resolve_model_config
 from pipeline.engine import lr_scaling
 
 PAPER = PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["paper"]["schedule"]  # 8 GPUs x 2 images, lr 0.02
-CPU = PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"]  # 1 x 8 images, lr 0.04
+CPU = PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"]  # 1 x 8 images, lr 0.08
 
 
 @pytest.mark.parametrize("gpus, lr", [(1, 0.0025), (2, 0.005), (8, 0.02), (16, 0.04)])
@@ -39,7 +39,7 @@ def test_off_leaves_the_lr_alone(gpus):
 
 def test_the_cpu_scale_is_off_and_its_preset_batch_is_one_process():
     s = lr_scaling({**CPU, "images_per_gpu": 4}, CPU, 2)
-    assert (s.enabled, s.preset_batch, s.actual_batch, s.lr) == (False, 8, 8, 0.04)
+    assert (s.enabled, s.preset_batch, s.actual_batch, s.lr) == (False, 8, 8, 0.08)
 
 
 def test_every_paper_preset_scales_and_no_cpu_preset_does():

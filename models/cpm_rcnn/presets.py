@@ -135,7 +135,7 @@ def _cpm_rcnn(arch: str) -> dict[str, Any]:
                                               grid_init="mmdet"),
                 },
                 "data": dict(grid_cpu["data"]),
-                # the Faster R-CNN CPU schedule (2 epochs); Grid R-CNN's CPU preset trains 3
+                # the Faster R-CNN CPU schedule (2 epochs), as Grid R-CNN's CPU preset
                 "schedule": dict(FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]["schedule"]),
             },
         },

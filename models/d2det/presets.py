@@ -37,7 +37,7 @@ def _d2det_roi_head(strides: list[int], fc_out_channels: int, num_rois: int, sam
 
 def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str, Any]:
     """A D2Det preset: the paper scale is the official config (24 epochs, 2 images x 8 GPUs);
-    the CPU scale is the Faster R-CNN CPU scale (same backbone, FPN, RPN, schedule) with 64
+    the CPU scale is the Faster R-CNN CPU scale (same backbone, FPN, RPN, schedule but lr) with 64
     sampled RoIs per image instead of 128 and the same D2Det heads, narrower: offset FCs 256 wide, one sample per bin
     side in DRP (the R101 configs' value; 2 samples cost ~0.6 s more per CPU iteration), a
     4-conv 96-channel DLR trunk (GN 6 groups, 16 channels per group as the paper's 576 / 36),
@@ -48,7 +48,10 @@ def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str,
     image (the sampler's 25 %) still cover every object several times; DRP's 14 x 14 pooling and
     AWPool run on every sampled RoI and dominated the step. Measured over 502 iterations
     (benchmarks/README.md, issue 15): D2Det 537 -> 249 s, minival AP50 0.576 -> 0.532; the
-    instance model 605 -> 279 s, AP50 0.595 -> 0.562."""
+    instance model 605 -> 279 s, AP50 0.595 -> 0.562.
+
+    The schedule is the Faster R-CNN CPU one at lr 0.04 instead of its 0.08: at 0.08 D2Det
+    diverged (minival AP 0 after 502 iterations), where Faster, Grid and CPM R-CNN gained."""
     frcnn_paper = FASTER_RCNN_R50_FPN_1X["scales"]["paper"]
     frcnn_cpu = FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]
     paper_rpn = _rpn_head(256, [8.0], [4, 8, 16, 32, 64], allowed_border=0, train_n=2000, test_n=1000)
@@ -89,7 +92,7 @@ def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str,
                     "roi_head": _d2det_roi_head([8, 16, 32], 256, 64, 1, 256, 96, 4, 6, 192, cpu_instance),
                 },
                 "data": {**frcnn_cpu["data"], "with_masks": mask},
-                "schedule": dict(frcnn_cpu["schedule"]),
+                "schedule": {**frcnn_cpu["schedule"], "lr": 0.04},
             },
         },
     }

@@ -42,12 +42,10 @@ def _grid_rcnn() -> dict[str, Any]:
     group per point), fusion on (16-channel transforms). ``max_num_grid`` stays 192 per batch
     of 8 images: up to 8 x 32 positives, so the cap keeps 75% as at paper scale (2 x 128).
 
-    The CPU schedule is the Faster R-CNN one for 3 epochs (753 iterations, x0.1 at 2.55)
-    instead of 2: after 2 epochs from the pretrained CPU backbone Grid R-CNN stopped at minival
-    AP50 0.452, the one two-stage model under 0.5 (benchmarks/README.md, issue 15); at lr 0.02
-    instead of 0.04 it fell to 0.336. CPM R-CNN, on these heads, keeps 2 epochs (AP50 0.520),
-    so at the CPU scale Grid R-CNN trains 1.5 times as long as CPM R-CNN, where the papers
-    train both for 25 epochs."""
+    The CPU schedule is the Faster R-CNN one (2 epochs, 502 iterations, lr 0.08), as CPM R-CNN's:
+    the papers train both for 25 epochs. Measured from the pretrained CPU backbone
+    (benchmarks/README.md, issue 15): minival AP50 0.543 after 2 epochs at lr 0.08, where 2
+    epochs at 0.04 stopped at 0.452 (0.336 at 0.02) and 3 epochs at 0.04 reached 0.576."""
     frcnn_paper = FASTER_RCNN_R50_FPN_1X["scales"]["paper"]
     frcnn_cpu = FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]
     return {
@@ -76,7 +74,7 @@ def _grid_rcnn() -> dict[str, Any]:
                                                gn_groups=9),
                 },
                 "data": dict(frcnn_cpu["data"]),
-                "schedule": {**frcnn_cpu["schedule"], "epochs": 3, "lr_steps": [2.55]},
+                "schedule": dict(frcnn_cpu["schedule"]),
             },
         },
     }
