@@ -54,10 +54,10 @@ def test_the_key_can_be_overridden_in_params():
     cfg = resolve_model_config(params, "m")
     schedule = PRESETS[cfg["preset"]]["scales"][cfg["scale"]]["schedule"]
     s = lr_scaling(cfg["schedule"], schedule, 1)
-    assert s.enabled and s.lr == pytest.approx(0.02, rel=1e-12)
-    assert s.params() == {"auto_scale_lr": True, "preset_batch": 8, "actual_batch": 4, "base_lr": 0.04,
+    assert s.enabled and s.lr == pytest.approx(0.04, rel=1e-12)
+    assert s.params() == {"auto_scale_lr": True, "preset_batch": 8, "actual_batch": 4, "base_lr": 0.08,
                           "lr": s.lr}
-    assert "0.04 x 4/8 = 0.02" in s.describe()
+    assert "0.08 x 4/8 = 0.04" in s.describe()
 
 
 def test_bad_batches_are_refused():

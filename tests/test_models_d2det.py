@@ -227,6 +227,10 @@ def test_paper_presets_architecture_and_parameter_counts():
     assert counts["roi_head"] == sum(p.numel() for p in head.parameters())
     sched = PRESETS[DET]["scales"]["paper"]["schedule"]
     assert (sched["epochs"], sched["lr_steps"], sched["warmup_iters"]) == (24, [20, 23], 1000)
+    # CPU scale: the Faster R-CNN CPU schedule at lr 0.04 (at its 0.08 D2Det diverged; presets docstring)
+    frcnn_cpu = PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"]
+    for preset in (DET, MASK):
+        assert PRESETS[preset]["scales"]["cpu"]["schedule"] == {**frcnn_cpu, "lr": 0.04}
 
     mask = build_model("d2det", PRESETS[MASK]["scales"]["paper"]["model"], 80, load_pretrained=False)
     mh: D2DetRoIHead = mask.roi_head

@@ -37,7 +37,7 @@ def _d2det_roi_head(strides: list[int], fc_out_channels: int, num_rois: int, sam
 
 def _d2det(depth: int, dcn: bool, sample_per_part: int, mask: bool) -> dict[str, Any]:
     """A D2Det preset: the paper scale is the official config (24 epochs, 2 images x 8 GPUs);
-    the CPU scale is the Faster R-CNN CPU scale (same backbone, FPN, RPN, schedule but lr) with 64
+    the CPU scale is the Faster R-CNN CPU scale (same backbone, FPN, RPN and schedule, at lr 0.04; below) with 64
     sampled RoIs per image instead of 128 and the same D2Det heads, narrower: offset FCs 256 wide, one sample per bin
     side in DRP (the R101 configs' value; 2 samples cost ~0.6 s more per CPU iteration), a
     4-conv 96-channel DLR trunk (GN 6 groups, 16 channels per group as the paper's 576 / 36),

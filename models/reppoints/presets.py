@@ -98,8 +98,8 @@ def _reppoints(version: int, arch: str = "r50", dcn: bool = False, giou: bool = 
     CPU scale: every preset on the Faster R-CNN CPU backbone (half-width ResNet-18 from
     scratch, C3-C5), a 64-channel GN(32) FPN P3-P7, the same head 64 wide (V2 corner pools 32
     wide), 160 px images (multi-scale: short side in [96, 192]) and a schedule of their own,
-    :data:`CPU_SCHEDULE` (V1) or :data:`CPU_SCHEDULE_V2` (V2); the backbone and schedule rows of the tables therefore differ only at
-    paper scale.
+    :data:`CPU_SCHEDULE` (V1) or :data:`CPU_SCHEDULE_V2` (V2); the backbone and schedule rows of
+    the tables therefore differ only at paper scale.
     """
     frcnn_paper = FASTER_RCNN_R50_FPN_1X["scales"]["paper"]
     frcnn_cpu = FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]
