@@ -8,7 +8,7 @@ Same total batch (the schedule's ``images_per_gpu``, 8 at the CPU scale) either 
 * **DDP**: ``<cores>`` processes (gloo, one thread each) step ``batch / cores`` images each and
   average their gradients, as a DDP training over ``<cores>`` gloo processes with ``images_per_gpu`` halved would.
 
-Both build the run as :mod:`benchmarks.profile_train_step` does (resolved configuration, the
+Both build the run with ``profile_train_step.training_step_fns`` (resolved configuration, the
 prepared ``train`` split, the stage's transforms and collate, the pretrained CPU backbone when the
 configuration names it). Prints seconds per iteration of each and the ratio; asserts nothing.
 """
@@ -27,36 +27,21 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.build import build_model  # noqa: E402
 from pipeline.config import load_params, resolve_model_config  # noqa: E402
-from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection, load_manifest  # noqa: E402
-from pipeline.paths import MANIFEST_FILE, PARAMS_FILE  # noqa: E402
+from pipeline.paths import PARAMS_FILE  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from profile_train_step import training_step_fns  # noqa: E402
 
 
 def _step_time(name: str, params_file: Path, batch: int, steps: int, warmup: int, rank: int,
                world: int) -> float:
     """Seconds per training step of ``batch`` images on this process (the DDP model when world > 1)."""
-    params = load_params(params_file)
-    cfg = resolve_model_config(params, name)
-    seed = int(params.get("seed", 0))
-    torch.manual_seed(seed)
-    manifest = load_manifest(REPO / MANIFEST_FILE)
-    dataset = build_dataset(manifest.split("train"), cfg["data"], train=True, seed=seed)
-    sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch, seed=seed + rank, shuffle=True)
-    divisor = int(cfg["data"].get("size_divisor", 32))
-    batches = iter(sampler)
-    model = build_model(cfg["detector"], cfg["model"], dataset.num_classes).train()
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    wrap = (lambda m: torch.nn.parallel.DistributedDataParallel(m, find_unused_parameters=True)) if world > 1 else None
+    _, _, load, train_step = training_step_fns(name, load_params(params_file), batch=batch, rank=rank, wrap=wrap)
 
     def step() -> None:
-        images, sizes, targets = collate_detection([dataset[i] for i in next(batches)], size_divisor=divisor)
-        losses = model(images, sizes, targets)
-        loss = sum(v for k, v in losses.items() if k.startswith("loss"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(*load())
 
     for _ in range(warmup):
         step()

@@ -33,17 +33,24 @@ from pipeline.data import GroupedBatchSampler, build_dataset, collate_detection,
 from pipeline.paths import MANIFEST_FILE, PARAMS_FILE  # noqa: E402
 
 
-def profile_model(name: str, params: dict, steps: int, warmup: int, top: int, profile: bool = True) -> None:
+def training_step_fns(name: str, params: dict, batch: int | None = None, rank: int = 0, wrap=None):
+    """The run ``name`` of ``params`` built as its train stage builds it, for timing: returns
+    ``(cfg, batch, load, step)``, where ``load()`` draws the next batch of ``batch`` images (the
+    schedule's ``images_per_gpu`` when None) of the prepared train split, sampled with seed
+    ``seed + rank``, and ``step(images, sizes, targets)`` runs forward, backward and one SGD step.
+    ``wrap`` (e.g. DDP) wraps the model before the optimizer is built."""
     cfg = resolve_model_config(params, name)
     seed = int(params.get("seed", 0))
     torch.manual_seed(seed)
-    manifest = load_manifest(MANIFEST_FILE)
+    manifest = load_manifest(REPO / MANIFEST_FILE)
     dataset = build_dataset(manifest.split("train"), cfg["data"], train=True, seed=seed)
-    batch = int(cfg["schedule"]["images_per_gpu"])
-    sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch, seed=seed, shuffle=True)
+    batch = int(cfg["schedule"]["images_per_gpu"]) if batch is None else int(batch)
+    sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch, seed=seed + rank, shuffle=True)
     divisor = int(cfg["data"].get("size_divisor", 32))
     batches = iter(sampler)
     model = build_model(cfg["detector"], cfg["model"], dataset.num_classes).train()
+    if wrap is not None:
+        model = wrap(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def load():
@@ -56,6 +63,11 @@ def profile_model(name: str, params: dict, steps: int, warmup: int, top: int, pr
         loss.backward()
         opt.step()
 
+    return cfg, batch, load, step
+
+
+def profile_model(name: str, params: dict, steps: int, warmup: int, top: int, profile: bool = True) -> None:
+    cfg, batch, load, step = training_step_fns(name, params)
     for _ in range(warmup):
         step(*load())
     t_load = t_step = 0.0
