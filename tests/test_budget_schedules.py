@@ -65,11 +65,15 @@ def test_the_written_params_resolve_with_every_run_scaled(tmp_path):
         stage = f"train@{run.entry}" if run.seed is None else f"train_ablation@{run.entry}-{run.seed}"
         stages.append((stage, 20.0, n, 0.1))
     out = tmp_path / "params_budget.yaml"
-    bs.main([str(_write(tmp_path / "repro.log", _log(stages))), "--budget-min", "10", "--out", str(out)])
+    log = _log(stages)
+    planned, _, fixed = bs.train_stages(log)
+    expected = bs.budget_fraction(planned, fixed, 600.0)
+    assert 0 < expected < 1
+    bs.main([str(_write(tmp_path / "repro.log", log)), "--budget-min", "10", "--out", str(out)])
     scaled = yaml.safe_load(out.read_text())
     for name, (schedule, n) in iters.items():
         got = resolve_model_config(scaled, name)["schedule"]
-        assert 1 <= got["max_iters"] < n, name
+        assert got["max_iters"] == max(1, round(n * expected)) and got["max_iters"] < n, name
         fraction = got["max_iters"] / n  # the lr steps and warmup moved with the iterations
         assert len(got["lr_steps"]) == len(schedule["lr_steps"]), name
         for step, epochs in zip(got["lr_steps"], schedule["lr_steps"]):
