@@ -389,9 +389,9 @@ def test_cpu_presets_follow_the_cpu_conventions():
         cpu = entry["scales"]["cpu"]
         assert set(cpu) == {"model", "data", "schedule"}
         assert cpu["data"]["train_scales"] == [[256, 160]]
-        # the RepPoints families' CPU schedule: lr 0.01 for 4 epochs (models/reppoints/presets.py)
+        # the RepPoints V1 families' CPU schedule: lr 0.01 for 5 epochs (models/reppoints/presets.py)
         assert cpu["schedule"] == {**PRESETS["faster_rcnn_r50_fpn_1x"]["scales"]["cpu"]["schedule"],
-                                   "lr": 0.01, "epochs": 4, "lr_steps": [3.4]}
+                                   "lr": 0.01, "epochs": 5, "lr_steps": [4.25]}
         model = _cpu_model(preset)
         assert model.neck.out_channels == 64 and model.neck.num_outs == 5
         assert model.bbox_head.point_feat_channels == 64 and model.bbox_head.cls_convs[1].num_groups == 32

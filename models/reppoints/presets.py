@@ -64,21 +64,23 @@ def _reppoints_backbone(arch: str, dcn: bool) -> dict[str, Any]:
     return _resnet_paper({"r50": 50, "r101": 101}[arch], dcn_version)
 
 
-#: The CPU schedule of every RepPoints and Dense RepPoints preset: the Faster R-CNN CPU schedule
-#: (batch 8, warmup 50, momentum 0.9, weight decay 1e-4) at lr 0.01 instead of 0.04, for 4 epochs
-#: (1004 iterations, x0.1 at 3.4) instead of 2. The point-set heads learn their focal-loss
+#: The CPU schedule of every RepPoints and Dense RepPoints V1 preset: the Faster R-CNN CPU schedule
+#: (batch 8, warmup 50, momentum 0.9, weight decay 1e-4) at lr 0.01 instead of 0.04, for 5 epochs
+#: (1255 iterations, x0.1 at 4.25) instead of 2. The point-set heads learn their focal-loss
 #: classifier slowly and are hurt by a high rate: RepPoints V1 from the pretrained CPU backbone
 #: reached minival AP50 0.166 after 502 iterations at lr 0.04, 0.283 at 0.01, 0.263 at 0.005,
-#: 0.328 after 1004 at 0.04 and 0.585 after 1004 at 0.01 (benchmarks/README.md, issue 15). The
-#: paper's rate is 0.01 for 16 images, so this is twice its linear scaling to 8.
+#: 0.328 after 1004 at 0.04 and 0.585 after 1004 at 0.01 on one machine, but 0.445 (0.441 with
+#: ``ATEN_CPU_CAPABILITY=avx2``) after the same 1004 on another; after 5 epochs it reached 0.569
+#: there, and Dense RepPoints V1 0.593 where 4 epochs gave 0.482 (benchmarks/README.md, issue 15).
+#: The paper's rate is 0.01 for 16 images, so this is twice its linear scaling to 8.
 CPU_SCHEDULE: dict[str, Any] = {**FASTER_RCNN_R50_FPN_1X["scales"]["cpu"]["schedule"],
-                                "lr": 0.01, "epochs": 4, "lr_steps": [3.4]}
+                                "lr": 0.01, "epochs": 5, "lr_steps": [4.25]}
 
 #: The V2 presets' (RepPoints V2 and Dense RepPoints V2) CPU schedule: :data:`CPU_SCHEDULE` for
 #: 3 epochs (753 iterations, x0.1 at 2.55). Their verification branches and corner / contour
 #: snapping learn faster: RepPoints V2 reached minival AP50 0.626 after 3 epochs, 0.687 after 4,
 #: and Dense RepPoints V2 0.607 after 3, 0.650 after 4 (benchmarks/README.md, issue 15),
-#: where V1 needs the fourth epoch (RepPoints V1: 0.585 after 4; 0.393 after 3 at lr 0.02).
+#: where V1 needs more (RepPoints V1: 0.445 to 0.585 after 4, by machine; 0.393 after 3 at lr 0.02).
 CPU_SCHEDULE_V2: dict[str, Any] = {**CPU_SCHEDULE, "epochs": 3, "lr_steps": [2.55]}
 
 
